@@ -1,0 +1,215 @@
+"""Turning bytes into messages: datagrams and byte streams (RFC 3261 §7, §18.3).
+
+Framing is strict where the RFC is: a datagram's body is cut at
+Content-Length and anything after it is discarded (RFC 3261 §18.3; RFC 4475
+§3.1.1.8), a Content-Length larger than what arrived is an error; over a
+stream Content-Length is mandatory.  Sizes are bounded by
+:class:`sip.settings.SIPSettings`.  Nothing but :class:`ParseError` leaves
+this module.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sip.errors import ParseError
+from sip.grammar import TOKEN_CHARS
+from sip.headers import KNOWN_NAMES, Field, Headers, header_key_of
+from sip.message import Message, Request, Response
+from sip.settings import SIPSettings
+
+__all__ = ["StreamParser", "parse_datagram", "parse_message"]
+
+_DEFAULT = SIPSettings()
+_VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE)
+_METHOD = re.compile(f"[{TOKEN_CHARS}]+\\Z")
+_CRLF = b"\r\n"
+_END_OF_HEADERS = b"\r\n\r\n"
+
+
+def _split_fields(head_lines: list[str], folded: bool, settings: SIPSettings) -> list[Field]:
+    """Header lines to fields; continuation lines (folding) join the field above.
+
+    This is the hottest loop of the gateway: each distinct spelling of a
+    header name is validated once and remembered (:func:`header_key_of`), so a
+    line usually costs one ``find``, one slice and one dict lookup.
+    """
+    fields: list[Field] = []
+    append = fields.append
+    known = KNOWN_NAMES
+    for line in head_lines:
+        if folded and line[:1] in (" ", "\t"):
+            # RFC 3261 §7.3.1: a line starting with whitespace continues the field.
+            if not fields:
+                raise ParseError("Continuation line without a header")
+            prev = fields[-1]
+            prev.raw = f"{prev.raw}\r\n{line}"
+            prev._value = None
+            continue
+        colon = line.find(":")
+        key = known.get(line[:colon]) if colon > 0 else None
+        if key is None:
+            if colon <= 0:
+                raise ParseError("Bad header line")
+            key = header_key_of(line[:colon])
+            if key is None:
+                raise ParseError("Bad header name")
+        append(Field(key, line, colon))
+    if len(fields) > settings.max_headers:
+        raise ParseError("Too many headers")
+    return fields
+
+
+def _parse_head(head: str, settings: SIPSettings) -> tuple[Message, int | None]:
+    """Start line and header fields.  Returns the message (without its body)
+    and its Content-Length, or None if absent."""
+    lines = head.split("\r\n")
+    if max(map(len, lines)) > settings.max_line_length:
+        raise ParseError("Header line too long")
+    start = lines[0]
+    folded = "\r\n " in head or "\r\n\t" in head
+    fields = _split_fields(lines[1:], folded, settings) if len(lines) > 1 else []
+    headers = Headers(fields)
+    msg: Message
+    if start.startswith("SIP/"):
+        # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (RFC 3261 §7.2)
+        parts = start.split(" ", 2)
+        if len(parts) < 2 or not _VERSION.match(parts[0]):
+            raise ParseError("Bad status line")
+        if parts[0].upper() != "SIP/2.0":
+            raise ParseError("Version Not Supported", status=505)
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] == "0":
+            raise ParseError("Bad status code")
+        reason = parts[2] if len(parts) == 3 else ""
+        msg = Response(int(code), reason, headers, start_raw=start)
+    else:
+        # Request-Line = Method SP Request-URI SP SIP-Version CRLF (RFC 3261 §7.1):
+        # exactly one SP between elements (RFC 4475 §3.1.2.8-10).
+        parts = start.split(" ")
+        if len(parts) != 3:
+            raise ParseError("Bad request line")
+        method, uri, version = parts
+        if not _METHOD.match(method) or not uri:
+            raise ParseError("Bad request line")
+        vm = _VERSION.match(version)
+        if vm is None:
+            raise ParseError("Bad request line")
+        if version.upper() != "SIP/2.0":
+            raise ParseError("Version Not Supported", status=505)
+        msg = Request(method, uri, headers, start_raw=start)
+    cl_fields = headers.fields("content-length")
+    if not cl_fields:
+        return msg, None
+    if len(cl_fields) > 1:
+        # RFC 4475 §3.3.9: two Content-Length values make framing ambiguous.
+        raise ParseError("Duplicate Content-Length")
+    value = cl_fields[0].value
+    if not value.isdigit() or not value.isascii() or len(value) > 10:
+        raise ParseError("Bad Content-Length")
+    return msg, int(value)
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def parse_datagram(data: bytes, settings: SIPSettings = _DEFAULT) -> Message:
+    """Parse one message from a UDP datagram (RFC 3261 §18.3).
+
+    Leading CRLFs are skipped (RFC 3261 §7.5).  Without Content-Length the
+    body is the rest of the datagram; with it, octets beyond the body are
+    discarded and a shorter datagram is an error.
+    """
+    if len(data) > settings.max_message_size:
+        raise ParseError("Message Too Large", status=513)
+    start = 0
+    while data.startswith(_CRLF, start):
+        start += 2
+    end = data.find(_END_OF_HEADERS, start)
+    if end < 0:
+        raise ParseError("Missing end of headers")
+    body_start = end + 4
+    msg, length = _parse_head(_decode(data[start:end]), settings)
+    if length is None:
+        body_end = len(data)
+    else:
+        body_end = body_start + length
+        if body_end > len(data):
+            raise ParseError("Content-Length larger than message")
+    msg.body = data[body_start:body_end]
+    msg._raw = data[start:body_end] if start or body_end != len(data) else data
+    return msg
+
+
+def parse_message(data: bytes, settings: SIPSettings = _DEFAULT) -> Message:
+    """Parse one complete message (alias of :func:`parse_datagram`)."""
+    return parse_datagram(data, settings)
+
+
+class StreamParser:
+    """Frames messages out of a byte stream (TCP; RFC 3261 §18.3).
+
+    ``feed`` returns the messages completed by the new bytes.  Content-Length
+    is mandatory; the buffer is bounded by the settings' message size.  A
+    ``ParseError`` means the stream can no longer be framed: the connection
+    must be closed (after answering, if the error carries a message).
+    ``keepalives`` counts the double-CRLF pings received (RFC 5626 §4.4.1),
+    each owed a single-CRLF pong.
+    """
+
+    __slots__ = ("_buffer", "_pending", "_pending_length", "keepalives", "settings")
+
+    def __init__(self, settings: SIPSettings = _DEFAULT) -> None:
+        self.settings = settings
+        self._buffer = bytearray()
+        self._pending: Message | None = None
+        self._pending_length = 0
+        self.keepalives = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Message]:
+        buf = self._buffer
+        buf += data
+        out: list[Message] = []
+        limit = self.settings.max_message_size
+        while True:
+            pending = self._pending
+            if pending is not None:
+                length = self._pending_length
+                if len(buf) < length:
+                    break
+                pending.body = bytes(buf[:length])
+                if pending._raw is not None:
+                    pending._raw += pending.body
+                del buf[:length]
+                self._pending = None
+                out.append(pending)
+                continue
+            # Skip keep-alive CRLFs between messages.
+            skipped = 0
+            while buf[skipped : skipped + 2] == _CRLF:
+                skipped += 2
+            if skipped:
+                self.keepalives += skipped // 4
+                del buf[:skipped]
+            if not buf:
+                break
+            end = buf.find(_END_OF_HEADERS)
+            if end < 0:
+                if len(buf) > limit:
+                    raise ParseError("Message Too Large", status=513)
+                break
+            msg, length = _parse_head(_decode(bytes(buf[:end])), self.settings)
+            if length is None:
+                raise ParseError("Missing Content-Length on a stream")
+            if end + 4 + length > limit:
+                raise ParseError("Message Too Large", status=513)
+            msg._raw = bytes(buf[: end + 4])
+            del buf[: end + 4]
+            self._pending = msg
+            self._pending_length = length
+        return out
