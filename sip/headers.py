@@ -30,8 +30,8 @@ from sip.grammar import (
 from sip.uri import URI, parse_uri
 
 __all__ = [
-    "CSeq",
     "Address",
+    "CSeq",
     "Field",
     "Headers",
     "Via",
@@ -339,7 +339,9 @@ class Headers:
         """Every field followed by CRLF."""
         if not self._fields:
             return ""
-        return "\r\n".join([f.raw if f.raw is not None else f.text() for f in self._fields]) + "\r\n"
+        return (
+            "\r\n".join([f.raw if f.raw is not None else f.text() for f in self._fields]) + "\r\n"
+        )
 
 
 # ---------------------------------------------------------------------------

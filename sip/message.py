@@ -319,6 +319,10 @@ class Message:
     def start_line(self) -> str:
         raise NotImplementedError
 
+    def validate(self) -> None:
+        """Check the headers this element relies on; raise :class:`ParseError`."""
+        raise NotImplementedError
+
     def set_body(self, body: bytes, content_type: str | None = None) -> None:
         """Replace the body and keep Content-Length (and Content-Type) right."""
         self.body = body
@@ -390,7 +394,9 @@ class Request(Message):
 
     def copy(self) -> Request:
         """An independent copy for forwarding (RFC 3261 §16.6 step 1)."""
-        req = Request(self.method, self._uri if self._uri else self._uri_text, self.headers.copy(), self.body)
+        req = Request(
+            self.method, self._uri if self._uri else self._uri_text, self.headers.copy(), self.body
+        )
         req._raw = self._raw if not self.headers.modified else None
         req._start_raw = self._start_raw
         req.source = self.source

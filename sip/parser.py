@@ -158,13 +158,14 @@ class StreamParser:
     each owed a single-CRLF pong.
     """
 
-    __slots__ = ("_buffer", "_pending", "_pending_length", "keepalives", "settings")
+    __slots__ = ("_buffer", "_crlfs", "_pending", "_pending_length", "keepalives", "settings")
 
     def __init__(self, settings: SIPSettings = _DEFAULT) -> None:
         self.settings = settings
         self._buffer = bytearray()
         self._pending: Message | None = None
         self._pending_length = 0
+        self._crlfs = 0
         self.keepalives = 0
 
     @property
@@ -189,12 +190,16 @@ class StreamParser:
                 self._pending = None
                 out.append(pending)
                 continue
-            # Skip keep-alive CRLFs between messages.
+            # Skip keep-alive CRLFs between messages; every CRLFCRLF is a
+            # ping, even when its halves arrive in separate segments.
             skipped = 0
             while buf[skipped : skipped + 2] == _CRLF:
                 skipped += 2
+                self._crlfs += 1
+                if self._crlfs == 2:
+                    self.keepalives += 1
+                    self._crlfs = 0
             if skipped:
-                self.keepalives += skipped // 4
                 del buf[:skipped]
             if not buf:
                 break
@@ -203,13 +208,14 @@ class StreamParser:
                 if len(buf) > limit:
                     raise ParseError("Message Too Large", status=513)
                 break
-            msg, length = _parse_head(_decode(bytes(buf[:end])), self.settings)
-            if length is None:
+            msg, body_length = _parse_head(_decode(bytes(buf[:end])), self.settings)
+            if body_length is None:
                 raise ParseError("Missing Content-Length on a stream")
-            if end + 4 + length > limit:
+            if end + 4 + body_length > limit:
                 raise ParseError("Message Too Large", status=513)
             msg._raw = bytes(buf[: end + 4])
             del buf[: end + 4]
+            self._crlfs = 0
             self._pending = msg
-            self._pending_length = length
+            self._pending_length = body_length
         return out

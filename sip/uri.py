@@ -10,6 +10,7 @@ RFC 3261 §19.1.4 compares URIs after unescaping.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,9 @@ _HCHARS = r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})"
 _URI_HEADER = re.compile(f"({_HCHARS}+)=({_HCHARS}*)\\Z")
 # RFC 3966 §3: global numbers start with "+"; local numbers are hex digits,
 # "*" and "#"; both admit visual separators.
-_TEL_NUMBER = re.compile(r"(?:\+[0-9\-.()]*[0-9][0-9\-.()]*|[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*)\Z")
+_TEL_NUMBER = re.compile(
+    r"(?:\+[0-9\-.()]*[0-9][0-9\-.()]*|[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*)\Z"
+)
 _OPAQUE = re.compile(r"[!-~\x80-\U0010ffff]+\Z")  # any visible characters, no whitespace
 
 MAX_PORT = 65535
@@ -84,18 +87,7 @@ class URI:
 
     def replace(self, **changes: Any) -> URI:
         """A copy with ``changes`` applied, serialised canonically."""
-        values = {
-            "scheme": self.scheme,
-            "user": self.user,
-            "password": self.password,
-            "host": self.host,
-            "port": self.port,
-            "params": dict(self.params),
-            "headers": dict(self.headers),
-            "opaque": self.opaque,
-        }
-        values.update(changes)
-        return URI(**values)
+        return dataclasses.replace(self, text=None, **changes)
 
     def __str__(self) -> str:
         if self.text is not None:

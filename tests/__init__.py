@@ -1,0 +1,1 @@
+"""Test suite of the SIP trunk gateway."""
