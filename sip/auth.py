@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from sip.errors import ParseError
 from sip.settings import MAX_LINE_LENGTH
@@ -85,7 +86,8 @@ _CREDENTIALS_FIELDS = (
     "nc",
 )
 
-Params = tuple[tuple[str, str], ...]
+# (name, value) pairs in the order received, names in lower case.
+Params: TypeAlias = tuple[tuple[str, str], ...]
 
 
 # --- validation shared by construction and parsing -------------------------------
