@@ -11,6 +11,7 @@ field serialises canonically.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -143,8 +144,11 @@ def header_key(name: str) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_name(key: str) -> str:
-    """The spelling we use when we write a header: ``Call-ID``, ``Via``."""
+    """The spelling we use when we write a header: ``Call-ID``, ``Via``.
+
+    Cached: it runs for every header we write, from a small set of names."""
     special = _SPECIAL_NAMES.get(key)
     if special is not None:
         return special
