@@ -7,6 +7,11 @@ transport layer), never deep inside the parser.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sip.message import Message
+
 __all__ = ["ParseError", "SIPError"]
 
 
@@ -32,7 +37,13 @@ class ParseError(SIPError):
 
     The parser raises nothing else.  ``reason`` is fit to be a reason phrase
     (one line, printable ASCII).  Whether the message can be answered is
-    decided by the caller: it can if the request line and the headers needed
-    to build a response (Via, From, To, Call-ID, CSeq; RFC 3261 §8.2.6) were
-    readable, which is what ``sip.message.answerable`` checks.
+    decided by the caller: it can if the request line and the top Via are
+    readable (RFC 3261 §8.2.6, §18.2.2), which is what
+    :func:`sip.parser.salvage_request` finds out.
+
+    ``framed`` holds the messages a :class:`sip.parser.StreamParser` completed
+    before the bytes it refused, so a good message followed by garbage in one
+    TCP segment is still delivered.
     """
+
+    framed: tuple[Message, ...] = ()

@@ -18,7 +18,7 @@ from sip.headers import KNOWN_NAMES, Field, Headers, header_key_of
 from sip.message import Message, Request, Response
 from sip.settings import SIPSettings
 
-__all__ = ["StreamParser", "parse_datagram", "parse_message"]
+__all__ = ["StreamParser", "parse_datagram", "parse_message", "salvage_request"]
 
 _DEFAULT = SIPSettings()
 _VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE)
@@ -172,10 +172,29 @@ class StreamParser:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def unparsed(self) -> bytes:
+        """The bytes received but not yet framed (after a ``ParseError``:
+        the head that was refused, for :func:`salvage_request`)."""
+        return bytes(self._buffer)
+
     def feed(self, data: bytes) -> list[Message]:
+        """Add ``data``; return the messages it completes.
+
+        On a framing error the ``ParseError`` carries, in ``framed``, the
+        messages completed by ``data`` before the bad bytes.
+        """
+        out: list[Message] = []
+        try:
+            self._frame(data, out)
+        except ParseError as error:
+            error.framed = tuple(out)
+            raise
+        return out
+
+    def _frame(self, data: bytes, out: list[Message]) -> None:
         buf = self._buffer
         buf += data
-        out: list[Message] = []
         limit = self.settings.max_message_size
         while True:
             pending = self._pending
@@ -218,4 +237,50 @@ class StreamParser:
             self._crlfs = 0
             self._pending = msg
             self._pending_length = body_length
-        return out
+
+
+def salvage_request(data: bytes, settings: SIPSettings) -> Request | None:
+    """Read enough of a message the parser refused to answer it, or None.
+
+    Answerable means (DESIGN.md, RFC 3261 §8.2.6): the start line is a
+    request line (a method token, something, a ``SIP/`` version) and the top
+    Via parses, so the response has somewhere to go.  Header lines that do
+    not parse are skipped; the work is bounded by the same limits as the
+    parser's.  A response never qualifies: responses are not answered.
+    """
+    data = data[: settings.max_message_size]
+    start = 0
+    while data.startswith(_CRLF, start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    head = data[start:end] if end >= 0 else data[start:]
+    lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 3 or parts[0].upper().startswith("SIP/"):
+        return None
+    method, version = parts[0], parts[-1]
+    if not _METHOD.match(method) or not version.upper().startswith("SIP/"):
+        return None
+    # Group folded lines (RFC 3261 §7.3.1) into logical header lines.
+    logical: list[str] = []
+    for line in lines[1:]:
+        if len(line) > settings.max_line_length:
+            continue
+        if line[:1] in (" ", "\t") and logical:
+            logical[-1] = f"{logical[-1]}\r\n{line}"
+        else:
+            logical.append(line)
+        if len(logical) > settings.max_headers:
+            break
+    found: list[Field] = []
+    for line in logical:
+        colon = line.find(":")
+        key = header_key_of(line[:colon]) if colon > 0 else None
+        if key is not None:
+            found.append(Field(key, line, colon))
+    request = Request(method, " ".join(parts[1:-1]), Headers(found))
+    try:
+        request.top_via  # noqa: B018 - the one header we cannot do without
+    except ParseError:
+        return None
+    return request

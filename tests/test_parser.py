@@ -127,3 +127,11 @@ def test_stream_buffer_is_bounded() -> None:
     parser = StreamParser(SIPSettings(max_message_size=1000))
     with pytest.raises(ParseError):
         parser.feed(INVITE.replace(b"Content-Length: 4", b"Content-Length: 5000"))
+
+
+def test_stream_error_keeps_the_messages_framed_before_it() -> None:
+    parser = StreamParser()
+    with pytest.raises(ParseError) as info:
+        parser.feed(INVITE + b"GARBAGE WITHOUT VERSION\r\nVia: x\r\n\r\n")
+    assert [m.to_bytes() for m in info.value.framed] == [INVITE]
+    assert parser.unparsed.startswith(b"GARBAGE")

@@ -1,0 +1,243 @@
+"""Gateway settings: TOML loading, defaults, overrides and error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import (
+    ConfigError,
+    GatewaySettings,
+    HostPort,
+    load_settings,
+    parse_host_port,
+    settings_from_mapping,
+)
+from sip.settings import SIPSettings
+from sip.transport import MAX_TCP_CONNECTIONS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    settings = GatewaySettings()
+    assert settings.sip.listen == (HostPort("0.0.0.0", 5060),)
+    assert settings.http.listen == HostPort("127.0.0.1", 8080)
+    assert settings.sip.realm == "sipgw"
+    assert settings.sip.core == SIPSettings()
+    assert settings.sip.max_tcp_connections == MAX_TCP_CONNECTIONS
+    assert settings.log.level == "info"
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "")) == GatewaySettings()
+
+
+def test_shipped_config_states_the_defaults() -> None:
+    """config/gateway.toml documents every key with its built-in default."""
+    assert load_settings(REPO_ROOT / "config" / "gateway.toml") == GatewaySettings()
+
+
+def test_shipped_config_names_every_key() -> None:
+    import tomllib
+
+    data = tomllib.loads((REPO_ROOT / "config" / "gateway.toml").read_text())
+    assert set(data["sip"]) == {
+        "listen",
+        "realm",
+        "t1",
+        "t2",
+        "t4",
+        "timer_c",
+        "tcp_idle_timeout",
+        "max_message_size",
+        "max_headers",
+        "max_line_length",
+        "max_tcp_connections",
+    }
+    assert set(data["http"]) == {"listen"}
+    assert set(data["log"]) == {"level"}
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[sip]
+listen = ["127.0.0.1:5070", "[::1]:5071", "sip.example.net:0"]
+realm = "pbx.example.net"
+t1 = 1
+t2 = 8.5
+t4 = 6
+timer_c = 200
+tcp_idle_timeout = 30
+max_message_size = 4096
+max_headers = 64
+max_line_length = 1024
+max_tcp_connections = 10
+
+[http]
+listen = "[::1]:9090"
+
+[log]
+level = "DEBUG"
+""",
+    )
+    settings = load_settings(path)
+    assert settings.sip.listen == (
+        HostPort("127.0.0.1", 5070),
+        HostPort("::1", 5071),
+        HostPort("sip.example.net", 0),
+    )
+    assert settings.sip.realm == "pbx.example.net"
+    core = settings.sip.core
+    assert (core.t1, core.t2, core.t4, core.timer_c, core.tcp_idle_timeout) == (
+        1.0,
+        8.5,
+        6.0,
+        200.0,
+        30.0,
+    )
+    assert (core.max_message_size, core.max_headers, core.max_line_length) == (4096, 64, 1024)
+    assert core.timer_b == 64.0  # derived timers follow T1
+    assert settings.sip.max_tcp_connections == 10
+    assert settings.http.listen == HostPort("::1", 9090)
+    assert settings.log.level == "debug"
+
+
+def test_overrides_win_over_the_file(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[sip]\nlisten = ["127.0.0.1:5070"]\nt1 = 1\n'))
+    changed = settings.with_overrides(
+        sip_listen=[HostPort("127.0.0.2", 5080), HostPort("::1", 5081)],
+        http_listen=HostPort("127.0.0.2", 8081),
+        log_level="WARNING",
+    )
+    assert changed.sip.listen == (HostPort("127.0.0.2", 5080), HostPort("::1", 5081))
+    assert changed.http.listen == HostPort("127.0.0.2", 8081)
+    assert changed.log.level == "warning"
+    assert changed.sip.core.t1 == 1.0  # the rest of the file stays
+    assert settings.with_overrides() == settings
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:5060", HostPort("127.0.0.1", 5060)),
+        ("0.0.0.0:0", HostPort("0.0.0.0", 0)),
+        ("[::1]:5060", HostPort("::1", 5060)),
+        ("[::]:5061", HostPort("::", 5061)),
+        ("[2001:db8::1]:65535", HostPort("2001:db8::1", 65535)),
+        ("localhost:5060", HostPort("localhost", 5060)),
+        ("sip.example.net:5060", HostPort("sip.example.net", 5060)),
+    ],
+)
+def test_host_port(text: str, expected: HostPort) -> None:
+    parsed = parse_host_port(text, "k")
+    assert parsed == expected
+    assert parse_host_port(str(parsed), "k") == parsed  # str() round-trips
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("127.0.0.1", "expected HOST:PORT"),
+        ("127.0.0.1:", "port must be a number"),
+        ("127.0.0.1:65536", "port must be a number"),
+        ("127.0.0.1:-1", "port must be a number"),
+        ("127.0.0.1:50x", "port must be a number"),
+        (":5060", "expected HOST:PORT"),
+        ("::1:5060", "put an IPv6 address in brackets"),
+        ("[::1]5060", "expected HOST:PORT"),
+        ("[::1", "expected HOST:PORT"),
+        ("[127.0.0.1]:5060", "is not an IPv6 address"),
+        ("bad host:5060", "is not an IP address or host name"),
+        ("-x.example:5060", "is not an IP address or host name"),
+    ],
+)
+def test_bad_host_port(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_host_port(text, "sip.listen[0]")
+    assert info.value.key == "sip.listen[0]"
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "problem"),
+    [
+        ('[sip]\nlisten = "127.0.0.1:5060"\n', "sip.listen", "must be a list"),
+        ("[sip]\nlisten = []\n", "sip.listen", "at least one address"),
+        ('[sip]\nlisten = ["1.2.3.4:1", "1.2.3.4:1"]\n', "sip.listen", "listed twice"),
+        ('[sip]\nlisten = ["127.0.0.1:5060", 5061]\n', "sip.listen[1]", "must be a string"),
+        ('[sip]\nlisten = ["127.0.0.1:99999"]\n', "sip.listen[0]", "port must be"),
+        ("[sip]\nt1 = -1\n", "sip.t1", "positive"),
+        ("[sip]\nt1 = 0\n", "sip.t1", "positive"),
+        ('[sip]\nt1 = "fast"\n', "sip.t1", "number of seconds"),
+        ("[sip]\nt1 = true\n", "sip.t1", "number of seconds"),
+        ("[sip]\nt1 = nan\n", "sip.t1", "positive"),
+        ("[sip]\nt1 = 5\nt2 = 4\n", "sip.t2", "smaller than sip.t1"),
+        ("[sip]\nmax_headers = 1.5\n", "sip.max_headers", "integer"),
+        ("[sip]\nmax_message_size = 0\n", "sip.max_message_size", "positive"),
+        ("[sip]\nmax_tcp_connections = -3\n", "sip.max_tcp_connections", "positive"),
+        ('[sip]\nrealm = ""\n', "sip.realm", "printable ASCII"),
+        ('[sip]\nrealm = "a\\"b"\n', "sip.realm", "quotes"),
+        ("[sip]\nrealm = 5\n", "sip.realm", "printable ASCII"),
+        ("[sip]\ntcp_idle_timout = 5\n", "sip.tcp_idle_timout", "unknown key"),
+        ("[http]\nlisten = 8080\n", "http.listen", "must be a string"),
+        ('[http]\nport = "x"\n', "http.port", "unknown key"),
+        ('[log]\nlevel = "loud"\n', "log.level", "must be one of"),
+        ("sip = 1\n", "sip", "must be a table"),
+        ("[database]\nurl = 'x'\n", "database", "unknown section"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    error = info.value
+    assert error.key == key
+    assert problem in error.problem
+    message = str(error)
+    assert message.startswith(f"{path}: {key}: ")
+    assert "\n" not in message
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[sip\nlisten = [\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(f"{path}: not valid TOML")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+def test_overrides_are_checked() -> None:
+    with pytest.raises(ConfigError) as info:
+        GatewaySettings().with_overrides(log_level="chatty")
+    assert info.value.key == "--log-level"
+    with pytest.raises(ConfigError):
+        GatewaySettings().with_overrides(sip_listen=[])
+
+
+def test_mapping_loader_accepts_plain_dicts() -> None:
+    settings = settings_from_mapping({"sip": {"listen": ["127.0.0.1:0"], "t1": 0.25}})
+    assert settings.sip.listen == (HostPort("127.0.0.1", 0),)
+    assert settings.sip.core.t1 == 0.25
+
+
+def test_settings_are_frozen() -> None:
+    settings = GatewaySettings()
+    with pytest.raises(AttributeError):
+        settings.sip = settings.sip  # type: ignore[misc]
