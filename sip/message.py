@@ -345,6 +345,12 @@ class Message:
     def copy(self) -> Any:
         raise NotImplementedError
 
+    def _copy_wire_state(self, other: Message) -> None:
+        """Give a copy the received bytes (while still valid) and the source."""
+        other._raw = self._raw if not self.headers.modified else None
+        other._start_raw = self._start_raw
+        other.source = self.source
+
 
 class Request(Message):
     """A SIP request.  ``uri`` is parsed on first access."""
@@ -397,9 +403,7 @@ class Request(Message):
         req = Request(
             self.method, self._uri if self._uri else self._uri_text, self.headers.copy(), self.body
         )
-        req._raw = self._raw if not self.headers.modified else None
-        req._start_raw = self._start_raw
-        req.source = self.source
+        self._copy_wire_state(req)
         return req
 
     def __repr__(self) -> str:
@@ -475,9 +479,7 @@ class Response(Message):
 
     def copy(self) -> Response:
         resp = Response(self.status, self.reason, self.headers.copy(), self.body)
-        resp._raw = self._raw if not self.headers.modified else None
-        resp._start_raw = self._start_raw
-        resp.source = self.source
+        self._copy_wire_state(resp)
         return resp
 
     def __repr__(self) -> str:

@@ -6,13 +6,10 @@ Everything runs on an explicit clock: the tests step from one
 
 from __future__ import annotations
 
-import ast
-import inspect
 from collections.abc import Iterable
 
 import pytest
 
-import sip.transaction as transaction_module
 from sip.message import Request, Response, build_response
 from sip.parser import parse_datagram
 from sip.settings import SIPSettings
@@ -177,17 +174,6 @@ def new_server(
 
 
 # -- the module itself -------------------------------------------------------
-
-
-def test_core_imports_no_io() -> None:
-    tree = ast.parse(inspect.getsource(transaction_module))
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "socket", "time", "selectors", "threading"}
 
 
 @pytest.mark.parametrize(
