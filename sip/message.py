@@ -211,13 +211,18 @@ class Message:
         values = [via, *self._via_values(f)[1:]]
         self.headers.replace_field(f, ", ".join(str(v) for v in values), values)
 
+    @staticmethod
+    def address_values(f: Field, what: str) -> list[Address]:
+        """The addresses of one list field (Contact, Route, Record-Route), cached."""
+        parsed = f.parsed
+        if parsed is None:
+            parsed = f.parsed = [parse_address(v, what) for v in split_list(f.value)]
+        return parsed  # type: ignore[no-any-return]
+
     def _address_list(self, key: str, what: str) -> list[Address]:
         out: list[Address] = []
         for f in self.headers.fields(key):
-            parsed = f.parsed
-            if parsed is None:
-                parsed = f.parsed = [parse_address(v, what) for v in split_list(f.value)]
-            out.extend(parsed)
+            out.extend(self.address_values(f, what))
         return out
 
     @property
