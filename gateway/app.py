@@ -1,222 +1,283 @@
-"""Wiring: the gateway's SIP endpoint and its HTTP application.
+"""Wiring: the gateway built from settings, as one aiohttp application.
 
-:class:`SIPEndpoint` is the application side of the SIP transport layer.
-For now it answers ``OPTIONS`` itself (RFC 3261 §11) and every other request
-with the error the RFC asks for; later issues plug the registrar and the
-proxy into :meth:`SIPEndpoint.dispatch`.  Everything is stateless: answers
-depend on the request alone (RFC 3261 §8.2.7), so a retransmitted request
-gets the same answer, To tag included.
+:class:`SIPService` is the thin asyncio layer between the transports and
+the sans-I/O core, in the aioquic style: a message comes in, goes through
+validation, the transaction layer and the call router, the resulting
+actions go out, and the one timer that serves every transaction is re-armed
+with ``call_at``.  It is also the router's :class:`gateway.calls.CallIO`.
 
-:func:`create_app` builds the aiohttp application that owns the SIP
-listeners (started and stopped by ``cleanup_ctx``, in the aiohttp-demos
-style) and serves ``GET /healthz``.
+:func:`create_app` builds the aiohttp application; the store, the profile
+directory, the admission controller, the registrar and the SIP listeners
+are resources of its ``cleanup_ctx`` (the aiohttp-demos style), started in
+order and closed in reverse.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
+from admission import MemoryAdmission
 from gateway import __version__
+from gateway.calls import CallRouter, CarrierSettings, Hop
+from gateway.directory import Directory, load_directory, watch_directory
+from gateway.registrar import LocationService, RegistrarPolicy
 from gateway.settings import GatewaySettings
+from gateway.store import Store, open_store
+from sip.digest import DigestRealm
 from sip.errors import ParseError
 from sip.message import Message, Request, Response, build_response
+from sip.transaction import ClientTransaction, TransactionLayer
 from sip.transport import Source, TransportLayer, stateless_tag
 
-__all__ = [
-    "ACCEPTED_BODIES",
-    "KNOWN_METHODS",
-    "SETTINGS",
-    "SIP_ENDPOINT",
-    "SIP_TRANSPORT",
-    "SUPPORTED_URI_SCHEMES",
-    "EndpointStats",
-    "ResponseSender",
-    "SIPEndpoint",
-    "create_app",
-]
+__all__ = ["SETTINGS", "SIP_SERVICE", "SIP_TRANSPORT", "SIPService", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-#: Methods of RFC 3261 and the extensions a trunk meets (RFC 3262, 3265,
-#: 3311, 3428, 3515, 3903, 6086, 6665).  A known method we do not handle yet
-#: is still answered 501 (RFC 3261 §8.2.1 keeps 405 for methods the element
-#: implements elsewhere, which a gateway that will proxy them does).
-KNOWN_METHODS = frozenset(
-    {
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "UPDATE",
-        "INFO",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "MESSAGE",
-        "REFER",
-        "PUBLISH",
-    }
-)
-#: Request-URI schemes we can route (RFC 3261 §8.2.2.1, §16.3 step 2; RFC 3966).
-SUPPORTED_URI_SCHEMES = frozenset({"sip", "sips", "tel"})
-#: Body types we accept (RFC 3261 §11.2: Accept in the OPTIONS answer).
-ACCEPTED_BODIES = ("application/sdp",)
+# How often expired registrations are swept (RFC 3261 §10.3: a binding
+# lapses at its expiry; a second of lateness is invisible to a PBX).
+REGISTRAR_SWEEP_INTERVAL = 1.0
+DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 
 
-class ResponseSender(Protocol):
-    """What the endpoint needs from the transport layer."""
+class SIPService:
+    """The transport's message handler and the router's I/O port."""
 
-    def send_response(self, response: Response, source: Source | None = None) -> None: ...
+    def __init__(self, transport: TransportLayer, layer: TransactionLayer) -> None:
+        self.transport = transport
+        self.layer = layer
+        self.router: CallRouter | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-
-@dataclass(slots=True)
-class EndpointStats:
-    """What the endpoint did with the messages the transport handed it."""
-
-    options_answered: int = 0
-    rejected: int = 0  # requests answered with an error status
-    acks_absorbed: int = 0  # ACKs are never answered (RFC 3261 §17.2.1)
-    stray_responses: int = 0  # responses matching no transaction (RFC 3261 §18.1.2)
-
-
-class SIPEndpoint:
-    """The gateway's SIP request handling (a :class:`sip.transport.MessageHandler`).
-
-    ``allowed_methods`` and ``supported_option_tags`` are what the OPTIONS
-    answer advertises and what ``Require`` is checked against; they grow as
-    the registrar and proxy arrive.
-    """
-
-    def __init__(
-        self,
-        sender: ResponseSender,
-        *,
-        allowed_methods: Iterable[str] = ("OPTIONS",),
-        supported_option_tags: Iterable[str] = (),
-    ) -> None:
-        self.sender = sender
-        self.allowed_methods = tuple(allowed_methods)
-        self.supported_option_tags = frozenset(t.lower() for t in supported_option_tags)
-        self.stats = EndpointStats()
-
+    # -- from the transport -----------------------------------------------
     def on_message(self, message: Message, source: Source) -> None:
-        if isinstance(message, Response):
-            # No client transactions exist yet, so every response is stray:
-            # RFC 3261 §18.1.2 / RFC 4475 §3.1.1.12 say discard it silently.
-            self.stats.stray_responses += 1
-            return
-        assert isinstance(message, Request)
-        if message.method == "ACK":
-            self.stats.acks_absorbed += 1
-            return
-        response = self.answer(message)
-        if response.status >= 300:
-            self.stats.rejected += 1
-        self.sender.send_response(response, source)
-
-    def answer(self, request: Request) -> Response:
-        """The response to a (non-ACK) request; a pure function of it."""
         try:
-            return self.dispatch(request)
+            message.validate()
         except ParseError as error:
-            # RFC 3261 §8.2 / h11 habit: the error carries its answer.
-            return self.reply(request, error.status, error.reason)
+            # RFC 3261 §8.2 / h11 habit: the error carries its answer.  A
+            # response or an ACK is never answered (RFC 3261 §17).
+            if isinstance(message, Request) and message.method != "ACK":
+                response = build_response(
+                    message, error.status, error.reason, to_tag=stateless_tag(message)
+                )
+                self.transport.send_response(response, source)
+            return
+        router = self.router
+        if router is None:
+            return
+        router.on_message(message, source, reliable=source.transport == "TCP")
+        self._rearm()
 
-    def dispatch(self, request: Request) -> Response:
-        """Check the request in the order of RFC 3261 §16.3 / §8.2, then handle it."""
-        request.validate()  # 400 / 505 with the reason, e.g. "Missing Call-ID"
-        if request.uri.scheme not in SUPPORTED_URI_SCHEMES:
-            # RFC 3261 §8.2.2.1, §16.3 step 2; RFC 4475 §3.3.2, §3.3.3.
-            return self.reply(request, 416)
-        if request.max_forwards == 0 and request.method != "OPTIONS":
-            # RFC 3261 §16.3 step 3: an OPTIONS may be answered by the element
-            # itself (RFC 4475 §3.3.11); anything else would be forwarded.
-            return self.reply(request, 483)
-        if request.method != "CANCEL":
-            # RFC 3261 §8.2.2.3 and §16.3 step 5 (CANCEL carries no Require
-            # of its own meaning, §9.1).  Option tags compare case-insensitively.
-            tags = request.option_tags("require") + request.option_tags("proxy-require")
-            supported = self.supported_option_tags
-            unsupported = list(dict.fromkeys(t for t in tags if t not in supported))
-            if unsupported:
-                return self.reply(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
-        if request.method == "OPTIONS":
-            self.stats.options_answered += 1
-            return self.options_answer(request)
-        # RFC 3261 §8.2.1: 501 for what we do not implement (known or not).
-        return self.reply(request, 501, extra=[("Allow", ", ".join(self.allowed_methods))])
+    # -- CallIO -----------------------------------------------------------------
+    def now(self) -> float:
+        return self._loop.time()
 
-    def options_answer(self, request: Request) -> Response:
-        """RFC 3261 §11.2: 200 with what we allow, accept and support."""
-        return self.reply(
-            request,
-            200,
-            extra=[
-                ("Allow", ", ".join(self.allowed_methods)),
-                ("Accept", ", ".join(ACCEPTED_BODIES)),
-                ("Supported", ", ".join(sorted(self.supported_option_tags))),
-            ],
-        )
+    def send_response(self, response: Response, source: object) -> None:
+        self.transport.send_response(response, source if isinstance(source, Source) else None)
 
-    @staticmethod
-    def reply(
-        request: Request,
-        status: int,
-        reason: str | None = None,
-        *,
-        extra: list[tuple[str, str]] | None = None,
-    ) -> Response:
-        """A response with a stateless To tag (RFC 3261 §8.2.6.2, §8.2.7)."""
-        return build_response(request, status, reason, to_tag=stateless_tag(request), extra=extra)
+    def send_request(
+        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+    ) -> None:
+        self.spawn(self._send(message, hop, transaction))
+
+    async def _send(
+        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+    ) -> None:
+        try:
+            await self.transport.send(message, hop.transport, hop.host, hop.port)
+        except OSError as error:
+            logger.debug("cannot send to %s: %s", hop, error)
+            if transaction is not None and self.router is not None:
+                self.router.run(self.layer.transport_error(transaction, self.now()))
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        def fire() -> None:
+            try:
+                callback()
+            except Exception:
+                logger.exception("timer callback failed")
+            self._rearm()
+
+        return self._loop.call_at(when, fire)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("SIP task failed", exc_info=task.exception())
+        self._rearm()
+
+    # -- the transaction timer --------------------------------------------
+    def _rearm(self) -> None:
+        deadline = self.layer.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.router is not None:
+            self.router.run(self.layer.timers(self.now()))
+        self._rearm()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------
 # The aiohttp application
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
+STORE = web.AppKey("store", Store)
 SIP_TRANSPORT = web.AppKey("sip_transport", TransportLayer)
-SIP_ENDPOINT = web.AppKey("sip_endpoint", SIPEndpoint)
+SIP_SERVICE = web.AppKey("sip_service", SIPService)
+ROUTER = web.AppKey("router", CallRouter)
+ADMISSION = web.AppKey("admission", MemoryAdmission)
 
 
-async def sip_service(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: bind every SIP listen address, close them on shutdown.
+def _advertised(transport: TransportLayer) -> tuple[str, int]:
+    """The address we put in Via and Record-Route: the first listener with
+    a concrete host (a wildcard listener advertises this host's address)."""
+    listeners = transport.listeners
+    for listener in listeners:
+        if listener.host not in ("0.0.0.0", "::"):
+            return listener.host, listener.port
+    first = listeners[0]
+    return socket.gethostbyname(socket.gethostname()), first.port
+
+
+def _carrier(settings: GatewaySettings) -> CarrierSettings:
+    carrier = settings.carrier
+    return CarrierSettings(
+        carrier.uri,
+        carrier.transport.upper(),
+        tuple((host.lower(), port) for host, port in carrier.trusted_sources),
+    )
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the database (migrated to the current schema)."""
+    store = await open_store(app[SETTINGS])
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: directory, admission, registrar, transactions, listeners.
 
     A bind failure (address in use) fails the start-up with the
     :class:`OSError` from :meth:`TransportLayer.listen`; listeners already
     bound are closed first.
     """
-    sip = app[SETTINGS].sip
-    layer = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
-    endpoint = SIPEndpoint(layer)
-    layer.handler = endpoint
+    settings = app[SETTINGS]
+    sip = settings.sip
+    store = app[STORE]
+    directory: Directory = await load_directory(store)
+    transport = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
+    layer = TransactionLayer(sip.core)
+    service = SIPService(transport, layer)
     try:
         for address in sip.listen:
-            await layer.listen(address.host, address.port)
+            await transport.listen(address.host, address.port)
     except BaseException:
-        await layer.close()
+        await transport.close()
         raise
-    app[SIP_TRANSPORT] = layer
-    app[SIP_ENDPOINT] = endpoint
+    admission = MemoryAdmission()
+    registrar = LocationService(
+        RegistrarPolicy(
+            min_expires=settings.registrar.min_expires,
+            max_expires=settings.registrar.max_expires,
+            default_expires=settings.registrar.default_expires,
+            max_bindings=settings.registrar.max_bindings,
+        )
+    )
+    router = CallRouter(
+        layer=layer,
+        io=service,
+        directory=directory,
+        admission=admission,
+        registrar=registrar,
+        # MD5 offered first: many PBXs (and SIPp) answer only the first
+        # challenge; RFC 8760 §2.4 orders by preference with a SHOULD, and
+        # reaching every PBX is the preference of a trunk.
+        digest=DigestRealm(sip.realm, secrets.token_bytes(32), algorithms=DIGEST_ALGORITHMS),
+        carrier=_carrier(settings),
+        own_addresses=[(listener.host, listener.port) for listener in transport.listeners],
+        advertised=_advertised(transport),
+    )
+    service.router = router
+    transport.handler = service
+
+    def apply(new: Directory) -> None:
+        router.directory = new
+
+    async def sweep_registrations() -> None:
+        while True:
+            await asyncio.sleep(REGISTRAR_SWEEP_INTERVAL)
+            registrar.expire(service.now())
+
+    background = [
+        asyncio.create_task(
+            watch_directory(
+                store, apply, settings.store.directory_poll_interval, current=directory.version
+            )
+        ),
+        asyncio.create_task(sweep_registrations()),
+    ]
+    app[SIP_TRANSPORT] = transport
+    app[SIP_SERVICE] = service
+    app[ROUTER] = router
+    app[ADMISSION] = admission
     yield
-    await layer.close()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    await transport.close()
+    await service.close()
+    await admission.close()
     logger.info("SIP listeners closed")
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness for load balancers and operators: the SIP addresses in use."""
-    layer = request.app[SIP_TRANSPORT]
+    """Liveness for load balancers and operators: SIP addresses, channels
+    in use per profile, live calls and registrations."""
+    app = request.app
+    router = app[ROUTER]
+    admission = app[ADMISSION]
+    counts = await admission.counts()
+    channels = {entry.name: counts.get(entry.id, 0) for entry in router.directory.profiles()}
     return web.json_response(
         {
             "status": "ok",
             "version": __version__,
-            "sip_listen": [str(listener) for listener in layer.listeners],
+            "sip_listen": [str(listener) for listener in app[SIP_TRANSPORT].listeners],
+            "channels": channels,
+            "calls": len(router.calls),
+            "registrations": sum(router.registrar.counts(app[SIP_SERVICE].now()).values()),
         }
     )
 
@@ -225,6 +286,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     """The gateway as one aiohttp application (SIP listeners included)."""
     app = web.Application()
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(sip_service)
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(sip_ctx)
     app.router.add_get("/healthz", healthz)
     return app

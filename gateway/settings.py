@@ -17,22 +17,41 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from sip.errors import ParseError
+from sip.headers import MAX_DELTA_SECONDS
 from sip.settings import SIPSettings
 from sip.transport import MAX_TCP_CONNECTIONS
+from sip.uri import URI, parse_uri
 
 __all__ = [
+    "CARRIER_TRANSPORTS",
+    "DATABASE_DRIVERS",
+    "DEFAULT_DATABASE",
     "DEFAULT_HTTP_LISTEN",
+    "DEFAULT_REALM",
+    "DEFAULT_SECRET_KEY_FILE",
     "DEFAULT_SIP_LISTEN",
     "LOG_LEVELS",
+    "SECRET_KEY_ENV",
+    "CallSettings",
+    "CarrierSettings",
+    "CarrierSource",
     "ConfigError",
     "GatewaySettings",
     "HTTPSettings",
     "HostPort",
     "LogSettings",
+    "RegistrarSettings",
     "SIPServerSettings",
+    "StoreSettings",
     "load_settings",
+    "parse_carrier_uri",
+    "parse_database_url",
     "parse_host_port",
     "settings_from_mapping",
 ]
@@ -41,6 +60,26 @@ DEFAULT_SIP_LISTEN = "0.0.0.0:5060"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_REALM = "sipgw"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: The embedded default: one SQLite file beside the working directory, so
+#: ``sipgw serve`` and the ``sipgw`` management commands run from the same
+#: place share it without any set-up.
+DEFAULT_DATABASE = "sqlite+aiosqlite:///var/sipgw.sqlite3"
+DEFAULT_SECRET_KEY_FILE = "var/secret.key"
+#: Environment variable holding the Fernet key; it wins over the key file, for
+#: deployments that inject secrets rather than ship files.
+SECRET_KEY_ENV = "SIPGW_SECRET_KEY"
+#: The store is async SQLAlchemy: only async drivers can serve it.
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+#: How calls reach the carrier (TLS comes with a later issue).
+CARRIER_TRANSPORTS = ("udp", "tcp")
+#: Every inbound request is checked against this list; a carrier has a
+#: handful of SBCs, so a long list is a configuration mistake.
+MAX_CARRIER_SOURCES = 64
+#: Bindings per profile: the 200 OK to a REGISTER lists every one of them
+#: (RFC 3261 §10.3 step 8), and a UDP response should stay well under the
+#: path MTU (§18.1.1); a hundred contacts is already far past any real PBX.
+MAX_BINDINGS_CEILING = 100
 
 _CORE_DEFAULTS = SIPSettings()
 _HOSTNAME = re.compile(
@@ -118,6 +157,19 @@ def parse_host_port(text: object, key: str) -> HostPort:
     return HostPort(host, int(port_text))
 
 
+def _ip_or_none(text: str) -> str | None:
+    """The normalised text of an IP address, or None.  An IPv4-mapped IPv6
+    address (a dual-stack socket's view of an IPv4 peer) becomes the IPv4
+    address, so that one peer has one spelling."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def _is_ipv4(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).version == 4
@@ -159,12 +211,105 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSettings:
+    """The ``[store]`` section: the database, the key that encrypts the
+    retrievable SIP passwords, and how often a running gateway looks for
+    changes made by another process (the CLI, another node)."""
+
+    database: str = DEFAULT_DATABASE
+    secret_key_file: Path = Path(DEFAULT_SECRET_KEY_FILE)
+    directory_poll_interval: float = 1.0
+
+
+class CarrierSource(NamedTuple):
+    """An address trusted for inbound calls; ``port`` None trusts every port
+    of ``host`` (a carrier's SBC may send from several).  ``host`` is the
+    normalised IP address text."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return self.host
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class CarrierSettings:
+    """The ``[carrier]`` section: where outbound calls go (``uri``, None when
+    no carrier is configured: outbound calls are then refused) and whose
+    requests are trusted as inbound calls.
+
+    Equality compares the URI by its text: :class:`sip.uri.URI` compares by
+    identity, and two loads of one file must give equal settings.
+    """
+
+    uri: URI | None = None
+    transport: str = "udp"
+    sources: tuple[CarrierSource, ...] = ()
+
+    @property
+    def trusted_sources(self) -> tuple[CarrierSource, ...]:
+        """``sources``, or when it is empty the URI's host if that is an IP
+        address (any port).  A host name is never trusted implicitly: what
+        it resolves to can change under us."""
+        if self.sources or self.uri is None:
+            return self.sources
+        address = _ip_or_none(self.uri.host.strip("[]"))
+        return () if address is None else (CarrierSource(address),)
+
+    def trusts(self, host: str, port: int) -> bool:
+        """Whether a request from ``host``:``port`` comes from the carrier."""
+        address = _ip_or_none(host)
+        if address is None:
+            return False
+        return any(
+            s.host == address and (s.port is None or s.port == port) for s in self.trusted_sources
+        )
+
+    def _key(self) -> tuple[str, str, tuple[CarrierSource, ...]]:
+        return ("" if self.uri is None else str(self.uri), self.transport, self.sources)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CarrierSettings):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrarSettings:
+    """The ``[registrar]`` section (RFC 3261 §10.3): the expiry interval a
+    binding may ask for, the one it gets when it asks for none, and how many
+    contacts one profile may register."""
+
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    max_bindings: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSettings:
+    """The ``[calls]`` section."""
+
+    max_call_duration: float = 14400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewaySettings:
     """Everything the gateway is configured with."""
 
     sip: SIPServerSettings = field(default_factory=SIPServerSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    carrier: CarrierSettings = field(default_factory=CarrierSettings)
+    registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
+    calls: CallSettings = field(default_factory=CallSettings)
 
     def with_overrides(
         self,
@@ -172,16 +317,36 @@ class GatewaySettings:
         sip_listen: Iterable[HostPort] | None = None,
         http_listen: HostPort | None = None,
         log_level: str | None = None,
+        database: str | None = None,
+        carrier: str | None = None,
     ) -> GatewaySettings:
-        """A copy with command-line overrides applied (they win over the file)."""
+        """A copy with command-line overrides applied (they win over the file).
+
+        ``carrier`` is a ``sip:`` URI (``""`` for none); a ``;transport=``
+        parameter in it replaces ``carrier.transport``, and the configured
+        ``sources`` stay.
+        """
         sip, http, log = self.sip, self.http, self.log
+        store, carrier_settings = self.store, self.carrier
         if sip_listen is not None:
             sip = dataclasses.replace(sip, listen=_unique_listen(tuple(sip_listen), "--sip-listen"))
         if http_listen is not None:
             http = dataclasses.replace(http, listen=http_listen)
         if log_level is not None:
             log = dataclasses.replace(log, level=_log_level(log_level, "--log-level"))
-        return GatewaySettings(sip=sip, http=http, log=log)
+        if database is not None:
+            store = dataclasses.replace(store, database=parse_database_url(database, "--database"))
+        if carrier is not None:
+            uri = parse_carrier_uri(carrier, "--carrier")
+            transport = carrier_settings.transport
+            if uri is not None and uri.param("transport") is not None:
+                transport = _transport(uri.param("transport"), "--carrier")
+            carrier_settings = CarrierSettings(
+                uri=uri, transport=transport, sources=carrier_settings.sources
+            )
+        return dataclasses.replace(
+            self, sip=sip, http=http, log=log, store=store, carrier=carrier_settings
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -294,11 +459,163 @@ def _sip_section(data: Mapping[str, Any]) -> SIPServerSettings:
     )
 
 
+def parse_database_url(text: object, key: str) -> str:
+    """A database URL the async store can open: ``sqlite+aiosqlite:///PATH``
+    (a relative PATH is relative to the working directory; four slashes for
+    an absolute one) or ``postgresql+asyncpg://USER@HOST:PORT/DB``."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(key, f"must be a database URL like {DEFAULT_DATABASE}, got {_show(text)}")
+    value = text.strip()
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise ConfigError(key, f"not a database URL: {value!r}") from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise ConfigError(
+            key, f"unsupported driver {url.drivername!r} (use {' or '.join(DATABASE_DRIVERS)})"
+        )
+    database = url.database or ""
+    if url.drivername.startswith("sqlite") and database in ("", ":memory:"):
+        # The gateway and the CLI are separate processes: they must share a file.
+        raise ConfigError(
+            key, "SQLite needs a file path, e.g. sqlite+aiosqlite:///var/sipgw.sqlite3"
+        )
+    if url.drivername.startswith("postgresql") and not database:
+        raise ConfigError(key, "PostgreSQL needs a database name, e.g. .../sipgw")
+    return value
+
+
+def parse_carrier_uri(text: object, key: str) -> URI | None:
+    """The carrier's ``sip:`` URI (RFC 3261 §19.1), or None for ``""``.
+
+    It must name a host; a port, if given, is 1-65535; ``;transport=`` may
+    be udp or tcp.  ``sips:`` is refused until TLS arrives, and URI headers
+    (``?...``) make no sense for a next hop.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(
+            key, f"must be a SIP URI like sip:carrier.example.net:5060, got {_show(text)}"
+        )
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        uri = parse_uri(value)
+    except ParseError as exc:
+        raise ConfigError(key, f"{value!r} is not a SIP URI ({exc.reason})") from None
+    if uri.scheme == "sips":
+        raise ConfigError(key, f"{value!r}: sips: (TLS) is not supported yet, use sip:")
+    if uri.scheme != "sip":
+        raise ConfigError(key, f"{value!r}: must be a sip: URI like sip:carrier.example.net:5060")
+    if uri.headers:
+        raise ConfigError(key, f"{value!r}: a carrier URI carries no headers")
+    if uri.port == 0:
+        raise ConfigError(key, f"{value!r}: port must be a number from 1 to 65535")
+    transport = uri.param("transport")
+    if transport is not None:
+        _transport(transport, key)
+    return uri
+
+
+def _transport(value: object, key: str) -> str:
+    if not isinstance(value, str) or value.lower() not in CARRIER_TRANSPORTS:
+        raise ConfigError(
+            key, f"transport must be one of {', '.join(CARRIER_TRANSPORTS)}, got {_show(value)}"
+        )
+    return value.lower()
+
+
+def _carrier_source(text: object, key: str) -> CarrierSource:
+    """``"IP"`` (every port) or ``"IP:PORT"`` / ``"[IPv6]:PORT"``."""
+    hint = 'expected "IP" or "IP:PORT" (IPv6 as "::1" or "[::1]:5060")'
+    if not isinstance(text, str):
+        raise ConfigError(key, f"must be a string, {hint}, got {_show(text)}")
+    value = text.strip()
+    address = _ip_or_none(value)
+    if address is not None:
+        return CarrierSource(address)
+    if value.startswith("["):
+        close = value.find("]")
+        host, sep, port_text = value[1:close], value[close + 1 : close + 2], value[close + 2 :]
+        if close < 0 or sep != ":" or ":" not in host:
+            raise ConfigError(key, f"{text!r}: {hint}")
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(key, f"{text!r}: {hint}")
+    address = _ip_or_none(host)
+    if address is None:
+        raise ConfigError(key, f"{text!r}: {host!r} is not an IP address (sources are addresses)")
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"{text!r}: port must be a number from 1 to 65535")
+    return CarrierSource(address, int(port_text))
+
+
+def _store_section(data: Mapping[str, Any]) -> StoreSettings:
+    section = _section(data, "store", ("database", "secret_key_file", "directory_poll_interval"))
+    key_file = section.get("secret_key_file", DEFAULT_SECRET_KEY_FILE)
+    if not isinstance(key_file, str) or not key_file.strip() or "\0" in key_file:
+        raise ConfigError("store.secret_key_file", f"must be a file path, got {_show(key_file)}")
+    return StoreSettings(
+        database=parse_database_url(section.get("database", DEFAULT_DATABASE), "store.database"),
+        secret_key_file=Path(key_file),
+        directory_poll_interval=_seconds(section, "directory_poll_interval", 1.0, "store"),
+    )
+
+
+def _carrier_section(data: Mapping[str, Any]) -> CarrierSettings:
+    section = _section(data, "carrier", ("uri", "transport", "sources"))
+    uri = parse_carrier_uri(section.get("uri", ""), "carrier.uri")
+    transport = _transport(section.get("transport", "udp"), "carrier.transport")
+    uri_transport = None if uri is None else uri.param("transport")
+    if uri_transport is not None and uri_transport.lower() != transport:
+        if "transport" in section:
+            raise ConfigError(
+                "carrier.transport",
+                f"{transport!r} contradicts ;transport={uri_transport} in carrier.uri",
+            )
+        transport = uri_transport.lower()
+    raw = section.get("sources", [])
+    if not isinstance(raw, list):
+        raise ConfigError("carrier.sources", f"must be a list of strings, got {_show(raw)}")
+    if len(raw) > MAX_CARRIER_SOURCES:
+        raise ConfigError("carrier.sources", f"at most {MAX_CARRIER_SOURCES} addresses")
+    sources = tuple(_carrier_source(item, f"carrier.sources[{i}]") for i, item in enumerate(raw))
+    if len(set(sources)) != len(sources):
+        raise ConfigError("carrier.sources", "an address is listed twice")
+    return CarrierSettings(uri=uri, transport=transport, sources=sources)
+
+
+def _registrar_section(data: Mapping[str, Any]) -> RegistrarSettings:
+    known = ("min_expires", "max_expires", "default_expires", "max_bindings")
+    section = _section(data, "registrar", known)
+    d = RegistrarSettings()
+    values = {name: _count(section, name, getattr(d, name), "registrar") for name in known}
+    for name in ("min_expires", "max_expires", "default_expires"):
+        if values[name] > MAX_DELTA_SECONDS:  # RFC 3261 §25.1 delta-seconds
+            raise ConfigError(f"registrar.{name}", f"must be at most {MAX_DELTA_SECONDS} seconds")
+    if values["max_expires"] < values["min_expires"]:
+        raise ConfigError(
+            "registrar.max_expires",
+            f"must not be smaller than registrar.min_expires ({values['min_expires']})",
+        )
+    if not values["min_expires"] <= values["default_expires"] <= values["max_expires"]:
+        raise ConfigError(
+            "registrar.default_expires",
+            f"must be between registrar.min_expires ({values['min_expires']}) "
+            f"and registrar.max_expires ({values['max_expires']}), got {values['default_expires']}",
+        )
+    if values["max_bindings"] > MAX_BINDINGS_CEILING:
+        raise ConfigError("registrar.max_bindings", f"must be at most {MAX_BINDINGS_CEILING}")
+    return RegistrarSettings(**values)
+
+
 def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
     """Settings from a parsed TOML document (or any mapping of the same shape)."""
-    unknown = sorted(set(data) - {"sip", "http", "log"})
+    known = ("sip", "http", "log", "store", "carrier", "registrar", "calls")
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(unknown[0], "unknown section (known: sip, http, log)")
+        raise ConfigError(unknown[0], f"unknown section (known: {', '.join(known)})")
     sip = _sip_section(data)
     http_section = _section(data, "http", ("listen",))
     http = HTTPSettings(
@@ -306,7 +623,19 @@ def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
     )
     log_section = _section(data, "log", ("level",))
     log = LogSettings(level=_log_level(log_section.get("level", "info"), "log.level"))
-    return GatewaySettings(sip=sip, http=http, log=log)
+    calls_section = _section(data, "calls", ("max_call_duration",))
+    calls = CallSettings(
+        max_call_duration=_seconds(calls_section, "max_call_duration", 14400.0, "calls")
+    )
+    return GatewaySettings(
+        sip=sip,
+        http=http,
+        log=log,
+        store=_store_section(data),
+        carrier=_carrier_section(data),
+        registrar=_registrar_section(data),
+        calls=calls,
+    )
 
 
 def load_settings(path: Path | str) -> GatewaySettings:

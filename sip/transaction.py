@@ -996,13 +996,18 @@ def _server_key(request: Request, method: str) -> tuple[Hashable, bool]:
     RFC 2543 rules were used."""
     via = request.top_via
     branch = via.branch
+    # The address the request came from (set by the transport) is part of
+    # the key too: a retransmission comes from where the original came
+    # from, and a request from elsewhere that reuses a branch (by accident,
+    # as the RFC 4475 messages do, or to hijack a transaction) is not one.
+    origin = request.source
     if via.rfc3261_branch:
         # §17.2.3: branch, sent-by and method; ACK matches its INVITE, so
         # INVITE/ACK keys carry no method (pjsip's create_tsx_key_3261).  The
         # branch is compared as received: every stack echoes it verbatim.
         if method in _INVITE_OR_ACK:
-            return (branch, via.host.lower(), via.port), False
-        return (branch, via.host.lower(), via.port, method), False
+            return (branch, via.host.lower(), via.port, origin), False
+        return (branch, via.host.lower(), via.port, method, origin), False
     # RFC 2543 fallback (§17.2.3 last paragraphs; also a bare cookie, RFC
     # 4475 §3.2.1): Request-URI, From tag, Call-ID, CSeq number, top Via,
     # and the To tag except for INVITE/ACK, whose ACK carries the tag of our
@@ -1023,13 +1028,15 @@ def _server_key(request: Request, method: str) -> tuple[Hashable, bool]:
         branch,
         method,
         to_tag,
+        origin,
     ), True
 
 
 def server_key(request: Request) -> Hashable:
     """The server transaction ``request`` belongs to (RFC 3261 §17.2.3).
 
-    With an RFC 3261 branch: branch + top-Via sent-by + method, an ACK
+    With an RFC 3261 branch: branch + top-Via sent-by + method (+ the
+    source address the transport recorded, see :func:`_server_key`), an ACK
     having the key of its INVITE and a CANCEL its own.  Without one (RFC
     2543 peers, or the bare cookie ``z9hG4bK`` of RFC 4475 §3.2.1): the
     Request-URI, From tag, Call-ID, CSeq number, top Via and (for methods

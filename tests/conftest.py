@@ -1,5 +1,6 @@
 """Shared test fixtures: free ports, random loopback addresses, SIP message
-builders and the real ``sipgw serve`` running as a subprocess.
+builders, the real ``sipgw serve`` running as a subprocess, its management
+commands against a temporary database, and SIPp (``tests/sipp.py``).
 
 Several suites may run at once on one machine, so nothing binds a fixed
 address: servers get a random address in 127.0.0.0/8 and a port the kernel
@@ -8,11 +9,13 @@ found free there.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,20 +24,29 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from sip.message import Message, Response
 from sip.parser import StreamParser, parse_datagram
 
+if TYPE_CHECKING:
+    from tests.sipp import SippLauncher
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Generous for a loaded CI machine; the gateway is usually up in ~0.3 s.
 START_TIMEOUT = 15.0
 REPLY_TIMEOUT = 2.0
+#: One management command: interpreter start, imports, opening (on first
+#: use creating and migrating) the database.  Generous for a loaded CI machine.
+CLI_TIMEOUT = 60.0
+#: The environment variable holding the Fernet key that encrypts the stored
+#: SIP passwords (``gateway.settings.SECRET_KEY_ENV``).
+SECRET_KEY_ENV = "SIPGW_SECRET_KEY"
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +61,40 @@ def random_loopback() -> str:
         address = f"127.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(2, 254)}"
         if address != "127.0.0.1":
             return address
+
+
+@dataclass(frozen=True)
+class LoopbackBlock:
+    """Addresses for the actors of one end-to-end test, as in the field:
+    each its own IP, so that trust by source address is really tested.  A
+    random 127.A.B.0/24 keeps parallel suites apart; inside it the gateway
+    is .10, the PBXs .20 to .29 and the carrier .30."""
+
+    prefix: str  # "127.A.B."
+
+    def host(self, number: int) -> str:
+        return f"{self.prefix}{number}"
+
+    @property
+    def gateway(self) -> str:
+        return self.host(10)
+
+    def pbx(self, index: int = 0) -> str:
+        if not 0 <= index <= 9:
+            raise ValueError(f"PBX index {index} outside .20-.29")
+        return self.host(20 + index)
+
+    @property
+    def carrier(self) -> str:
+        return self.host(30)
+
+
+def random_loopback_block() -> LoopbackBlock:
+    rng = random.SystemRandom()
+    while True:
+        a, b = rng.randint(0, 255), rng.randint(0, 255)
+        if (a, b) != (0, 0):  # 127.0.0.x holds the usual 127.0.0.1 services
+            return LoopbackBlock(f"127.{a}.{b}.")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -262,9 +308,17 @@ def start_gateway(
     sip_config: str = "",
     log_level: str = "info",
     host: str | None = None,
+    extra_config: str = "",
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> ServedGateway:
     """Write a config into ``directory`` and start the gateway with it; wait
-    until /healthz answers.  The caller must ``stop()`` it."""
+    until /healthz answers.  The caller must ``stop()`` it.
+
+    ``sip_config`` goes into the ``[sip]`` table, ``extra_config`` (whole
+    tables) after the others; ``args`` are more ``serve`` options and
+    ``env`` replaces the environment (:func:`gateway_env` by default).
+    """
     host = host or random_loopback()
     sip_port = free_port(host)
     http_port = free_port(host)
@@ -273,16 +327,17 @@ def start_gateway(
         f'[sip]\nlisten = ["{host}:{sip_port}"]\n{sip_config}\n'
         f'[http]\nlisten = "{host}:{http_port}"\n'
         f'[log]\nlevel = "{log_level}"\n'
+        f"{extra_config}"
     )
     log_path = directory / "gateway.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            gateway_command("serve", "--config", str(config)),
+            gateway_command("serve", "--config", str(config), *args),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=directory,
-            env=gateway_env(),
+            env=dict(env) if env is not None else gateway_env(),
         )
     served = ServedGateway(process, (host, sip_port), (host, http_port), log_path, config)
     try:
@@ -343,3 +398,143 @@ def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedG
         yield served
     finally:
         served.stop()
+
+
+# ---------------------------------------------------------------------------
+# A gateway with its database: management commands and ``serve``
+
+
+def fernet_key() -> str:
+    """A fresh Fernet key: 32 random bytes, URL-safe base64, the format of
+    ``cryptography.fernet.Fernet.generate_key()``."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(text)
+
+
+@dataclass
+class GatewayHome:
+    """What one gateway runs on, in a temporary directory: a SQLite database
+    and a secret key.  The management commands (``python -m gateway account
+    create ...``) and ``serve`` share them, as an operator's would: the
+    database through ``--database``, the key through the environment."""
+
+    directory: Path
+    secret_key: str = field(default_factory=fernet_key)
+    started: list[ServedGateway] = field(default_factory=list)
+
+    @property
+    def database_url(self) -> str:
+        # An absolute path after the three slashes: four in all.
+        return f"sqlite+aiosqlite:///{self.directory / 'gw.sqlite3'}"
+
+    def env(self) -> dict[str, str]:
+        env = gateway_env()
+        env[SECRET_KEY_ENV] = self.secret_key
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``python -m gateway ARGS --database URL``, run in the home
+        directory (where no config file is found).  With ``check``, a
+        non-zero exit fails with the command's one-line message."""
+        result = subprocess.run(
+            gateway_command(*args, "--database", self.database_url),
+            cwd=self.directory,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"sipgw {shlex.join(args)} exited with {result.returncode}:"
+                f" {result.stderr.strip() or result.stdout.strip()}"
+            )
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        """``cli(*args, "--json")``, its standard output parsed."""
+        result = self.cli(*args, "--json")
+        try:
+            return json.loads(result.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(
+                f"sipgw {shlex.join(args)} --json printed no JSON: {result.stdout!r}"
+            ) from None
+
+    def serve(
+        self,
+        *,
+        host: str | None = None,
+        carrier: tuple[str, int] | None = None,
+        carrier_sources: Sequence[str] = (),
+        sip_config: str = "",
+        log_level: str = "info",
+    ) -> ServedGateway:
+        """Start ``sipgw serve`` on this database and key; with ``carrier``,
+        ``--carrier sip:HOST:PORT``; ``carrier_sources`` become ``[carrier]
+        sources`` in the config.  Stopped by :meth:`stop`."""
+        directory = self.directory / f"serve{len(self.started)}"
+        directory.mkdir()
+        args = ["--database", self.database_url]
+        if carrier is not None:
+            carrier_host, carrier_port = carrier
+            if ":" in carrier_host:
+                carrier_host = f"[{carrier_host}]"
+            args += ["--carrier", f"sip:{carrier_host}:{carrier_port}"]
+        extra_config = ""
+        if carrier_sources:
+            sources = ", ".join(toml_string(source) for source in carrier_sources)
+            extra_config = f"[carrier]\nsources = [{sources}]\n"
+        served = start_gateway(
+            directory,
+            sip_config=sip_config,
+            log_level=log_level,
+            host=host,
+            extra_config=extra_config,
+            args=args,
+            env=self.env(),
+        )
+        self.started.append(served)
+        return served
+
+    def stop(self) -> None:
+        for served in self.started:
+            with contextlib.suppress(Exception):
+                served.stop()
+
+
+@pytest.fixture
+def gateway_home(tmp_path: Path) -> Iterator[GatewayHome]:
+    """A :class:`GatewayHome` in ``tmp_path``; every gateway it started is
+    stopped (SIGTERM, then SIGKILL) at teardown."""
+    home = GatewayHome(tmp_path / "home")
+    home.directory.mkdir()
+    try:
+        yield home
+    finally:
+        home.stop()
+
+
+# ---------------------------------------------------------------------------
+# SIPp
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[SippLauncher]:
+    """Runs SIPp roles for one test (:mod:`tests.sipp`), each in its own
+    directory under ``tmp_path/sipp``; whatever still runs at teardown is
+    killed.  Without ``sipp`` installed the test fails under CI and is
+    skipped elsewhere."""
+    # Imported here: tests.sipp imports this module.
+    from tests.sipp import SippLauncher, sipp_binary
+
+    launcher = SippLauncher(sipp_binary(), tmp_path / "sipp")
+    try:
+        yield launcher
+    finally:
+        launcher.close()

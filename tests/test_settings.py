@@ -7,9 +7,14 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import (
+    CallSettings,
+    CarrierSettings,
+    CarrierSource,
     ConfigError,
     GatewaySettings,
     HostPort,
+    RegistrarSettings,
+    StoreSettings,
     load_settings,
     parse_host_port,
     settings_from_mapping,
@@ -34,6 +39,19 @@ def test_defaults() -> None:
     assert settings.sip.core == SIPSettings()
     assert settings.sip.max_tcp_connections == MAX_TCP_CONNECTIONS
     assert settings.log.level == "info"
+    assert settings.store == StoreSettings(
+        database="sqlite+aiosqlite:///var/sipgw.sqlite3",
+        secret_key_file=Path("var/secret.key"),
+        directory_poll_interval=1.0,
+    )
+    assert settings.carrier.uri is None
+    assert settings.carrier.transport == "udp"
+    assert settings.carrier.sources == ()
+    assert settings.carrier.trusted_sources == ()
+    assert settings.registrar == RegistrarSettings(
+        min_expires=60, max_expires=3600, default_expires=3600, max_bindings=10
+    )
+    assert settings.calls == CallSettings(max_call_duration=14400.0)
 
 
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
@@ -64,6 +82,15 @@ def test_shipped_config_names_every_key() -> None:
     }
     assert set(data["http"]) == {"listen"}
     assert set(data["log"]) == {"level"}
+    assert set(data["store"]) == {"database", "secret_key_file", "directory_poll_interval"}
+    assert set(data["carrier"]) == {"uri", "transport", "sources"}
+    assert set(data["registrar"]) == {
+        "min_expires",
+        "max_expires",
+        "default_expires",
+        "max_bindings",
+    }
+    assert set(data["calls"]) == {"max_call_duration"}
 
 
 def test_full_file(tmp_path: Path) -> None:
@@ -194,6 +221,62 @@ def test_bad_host_port(text: str, problem: str) -> None:
         ('[log]\nlevel = "loud"\n', "log.level", "must be one of"),
         ("sip = 1\n", "sip", "must be a table"),
         ("[database]\nurl = 'x'\n", "database", "unknown section"),
+        ('[store]\ndatabase = "mysql://x/y"\n', "store.database", "unsupported driver"),
+        ('[store]\ndatabase = "sqlite:///x.db"\n', "store.database", "unsupported driver"),
+        ('[store]\ndatabase = "not a url"\n', "store.database", "not a database URL"),
+        ('[store]\ndatabase = "sqlite+aiosqlite://"\n', "store.database", "file path"),
+        (
+            '[store]\ndatabase = "sqlite+aiosqlite:///:memory:"\n',
+            "store.database",
+            "file path",
+        ),
+        (
+            '[store]\ndatabase = "postgresql+asyncpg://h"\n',
+            "store.database",
+            "database name",
+        ),
+        ("[store]\ndatabase = 5\n", "store.database", "database URL"),
+        ('[store]\nsecret_key_file = ""\n', "store.secret_key_file", "file path"),
+        ("[store]\ndirectory_poll_interval = 0\n", "store.directory_poll_interval", "positive"),
+        ('[store]\nurl = "x"\n', "store.url", "unknown key"),
+        ('[carrier]\nuri = "carrier.example.net"\n', "carrier.uri", "not a SIP URI"),
+        ('[carrier]\nuri = "carrier.example.net:5060"\n', "carrier.uri", "must be a sip: URI"),
+        ('[carrier]\nuri = "sips:carrier.example.net"\n', "carrier.uri", "TLS"),
+        ('[carrier]\nuri = "tel:+441134960000"\n', "carrier.uri", "sip: URI"),
+        ('[carrier]\nuri = "sip:c.example.net:0"\n', "carrier.uri", "port"),
+        ('[carrier]\nuri = "sip:c.example.net?subject=x"\n', "carrier.uri", "no headers"),
+        ('[carrier]\nuri = "sip:c.example.net;transport=sctp"\n', "carrier.uri", "transport"),
+        ("[carrier]\nuri = 5\n", "carrier.uri", "SIP URI"),
+        ('[carrier]\ntransport = "tls"\n', "carrier.transport", "udp, tcp"),
+        (
+            '[carrier]\nuri = "sip:c.example.net;transport=tcp"\ntransport = "udp"\n',
+            "carrier.transport",
+            "contradicts",
+        ),
+        ('[carrier]\nsources = "192.0.2.1"\n', "carrier.sources", "must be a list"),
+        ('[carrier]\nsources = ["carrier.example.net"]\n', "carrier.sources[0]", "IP"),
+        ('[carrier]\nsources = ["192.0.2.1:0"]\n', "carrier.sources[0]", "port"),
+        ('[carrier]\nsources = ["192.0.2.1:x"]\n', "carrier.sources[0]", "port"),
+        ('[carrier]\nsources = ["[192.0.2.1]:5060"]\n', "carrier.sources[0]", "expected"),
+        ('[carrier]\nsources = ["2001:db8::1:5060:1:1:1:1"]\n', "carrier.sources[0]", "IP"),
+        ("[carrier]\nsources = [1]\n", "carrier.sources[0]", "must be a string"),
+        (
+            '[carrier]\nsources = ["192.0.2.1", "192.0.2.1"]\n',
+            "carrier.sources",
+            "listed twice",
+        ),
+        ("[registrar]\nmin_expires = 0\n", "registrar.min_expires", "positive"),
+        ("[registrar]\nmax_expires = 30\n", "registrar.max_expires", "smaller than"),
+        ("[registrar]\ndefault_expires = 30\n", "registrar.default_expires", "between"),
+        ("[registrar]\ndefault_expires = 7200\n", "registrar.default_expires", "between"),
+        ("[registrar]\nmax_expires = 4294967296\n", "registrar.max_expires", "at most"),
+        ("[registrar]\nmax_bindings = 0\n", "registrar.max_bindings", "positive"),
+        ("[registrar]\nmax_bindings = 101\n", "registrar.max_bindings", "at most 100"),
+        ("[registrar]\nmax_bindings = 2.5\n", "registrar.max_bindings", "integer"),
+        ("[registrar]\nmax_contacts = 2\n", "registrar.max_contacts", "unknown key"),
+        ("[calls]\nmax_call_duration = 0\n", "calls.max_call_duration", "positive"),
+        ("[calls]\nmax_call_duration = -1.5\n", "calls.max_call_duration", "positive"),
+        ('[calls]\nmax_call_duration = "4h"\n', "calls.max_call_duration", "seconds"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
@@ -241,3 +324,109 @@ def test_settings_are_frozen() -> None:
     settings = GatewaySettings()
     with pytest.raises(AttributeError):
         settings.sip = settings.sip  # type: ignore[misc]
+
+
+def test_store_carrier_registrar_and_calls_sections(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[store]
+database = "postgresql+asyncpg://sipgw:secret@db.example.net:5432/sipgw"
+secret_key_file = "/etc/sipgw/secret.key"
+directory_poll_interval = 0.25
+
+[carrier]
+uri = "sip:carrier.example.net:5080;transport=TCP"
+sources = ["192.0.2.1", "192.0.2.2:5060", "2001:db8::7", "[2001:DB8::8]:5062", "::ffff:192.0.2.9"]
+
+[registrar]
+min_expires = 30
+max_expires = 7200
+default_expires = 600
+max_bindings = 3
+
+[calls]
+max_call_duration = 600
+""",
+    )
+    settings = load_settings(path)
+    assert settings.store == StoreSettings(
+        database="postgresql+asyncpg://sipgw:secret@db.example.net:5432/sipgw",
+        secret_key_file=Path("/etc/sipgw/secret.key"),
+        directory_poll_interval=0.25,
+    )
+    carrier = settings.carrier
+    assert carrier.uri is not None
+    assert (carrier.uri.host, carrier.uri.port) == ("carrier.example.net", 5080)
+    assert carrier.transport == "tcp"  # from the URI's transport parameter
+    assert carrier.sources == (
+        CarrierSource("192.0.2.1"),
+        CarrierSource("192.0.2.2", 5060),
+        CarrierSource("2001:db8::7"),
+        CarrierSource("2001:db8::8", 5062),
+        CarrierSource("192.0.2.9"),
+    )
+    assert [str(s) for s in carrier.sources] == [
+        "192.0.2.1",
+        "192.0.2.2:5060",
+        "2001:db8::7",
+        "[2001:db8::8]:5062",
+        "192.0.2.9",
+    ]
+    assert carrier.trusts("192.0.2.1", 1)  # any port
+    assert carrier.trusts("192.0.2.2", 5060)
+    assert not carrier.trusts("192.0.2.2", 5061)
+    assert carrier.trusts("2001:DB8::8", 5062)
+    assert carrier.trusts("::ffff:192.0.2.1", 5060)
+    assert not carrier.trusts("192.0.2.3", 5060)
+    assert not carrier.trusts("carrier.example.net", 5080)  # a name is never trusted
+    assert settings.registrar == RegistrarSettings(
+        min_expires=30, max_expires=7200, default_expires=600, max_bindings=3
+    )
+    assert settings.calls.max_call_duration == 600.0
+    assert load_settings(path) == settings  # equal although URIs compare by identity
+
+
+def test_carrier_host_is_trusted_only_when_it_is_an_address() -> None:
+    by_ip = settings_from_mapping({"carrier": {"uri": "sip:192.0.2.30:5060"}}).carrier
+    assert by_ip.trusted_sources == (CarrierSource("192.0.2.30"),)
+    assert by_ip.trusts("192.0.2.30", 41000)
+    v6 = settings_from_mapping({"carrier": {"uri": "sip:[2001:db8::30]"}}).carrier
+    assert v6.trusted_sources == (CarrierSource("2001:db8::30"),)
+    by_name = settings_from_mapping({"carrier": {"uri": "sip:carrier.example.net"}}).carrier
+    assert by_name.trusted_sources == ()
+    listed = settings_from_mapping(
+        {"carrier": {"uri": "sip:192.0.2.30", "sources": ["192.0.2.31"]}}
+    ).carrier
+    assert listed.trusted_sources == (CarrierSource("192.0.2.31"),)  # the list replaces the host
+    assert not listed.trusts("192.0.2.30", 5060)
+    assert not CarrierSettings().trusts("192.0.2.30", 5060)
+
+
+def test_database_and_carrier_overrides(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(
+            tmp_path,
+            '[carrier]\nuri = "sip:old.example.net"\ntransport = "tcp"\nsources = ["192.0.2.1"]\n',
+        )
+    )
+    changed = settings.with_overrides(
+        database="sqlite+aiosqlite:////srv/gw.sqlite3", carrier="sip:127.0.0.30:5999"
+    )
+    assert changed.store.database == "sqlite+aiosqlite:////srv/gw.sqlite3"
+    assert changed.store.secret_key_file == settings.store.secret_key_file
+    assert changed.carrier.uri is not None
+    assert (changed.carrier.uri.host, changed.carrier.uri.port) == ("127.0.0.30", 5999)
+    assert changed.carrier.transport == "tcp"  # the file's, the URI names none
+    assert changed.carrier.sources == (CarrierSource("192.0.2.1"),)  # sources stay
+    udp = settings.with_overrides(carrier="sip:127.0.0.30;transport=udp")
+    assert udp.carrier.transport == "udp"
+    assert settings.with_overrides(carrier="").carrier.uri is None
+    assert changed.sip == settings.sip and changed.registrar == settings.registrar
+    with pytest.raises(ConfigError) as info:
+        settings.with_overrides(carrier="carrier.example.net:5060")
+    assert info.value.key == "--carrier"
+    with pytest.raises(ConfigError) as info:
+        settings.with_overrides(database="mysql://x/y")
+    assert info.value.key == "--database"
+    assert "unsupported driver" in str(info.value)

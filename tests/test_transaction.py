@@ -586,6 +586,26 @@ def test_server_key_rfc3261() -> None:
     assert server_key(req(call_id="other")) == server_key(invite)
 
 
+def test_server_key_includes_the_source_address() -> None:
+    """A request reusing another source's branch is its own transaction,
+    not a retransmission (RFC 4475 messages share branches; a third party
+    must not be able to hijack a transaction by guessing one)."""
+    layer = TransactionLayer()
+    first = req("REGISTER")
+    first.source = ("UDP", "192.0.2.10", 5060)
+    second = req("REGISTER")
+    second.source = ("UDP", "192.0.2.99", 5060)
+    assert server_key(first) != server_key(second)
+    new_server(layer, first)
+    assert len(layer) == 1
+    assert kinds(layer.receive(second, PBX, 0.1)) == ["DeliverRequest"]
+    assert len(layer) == 2
+    # The same source again: a retransmission, absorbed.
+    again = req("REGISTER")
+    again.source = ("UDP", "192.0.2.10", 5060)
+    assert "DeliverRequest" not in kinds(layer.receive(again, PBX, 0.2))
+
+
 def test_server_key_bare_cookie_falls_back_to_rfc2543() -> None:
     """RFC 4475 §3.2.1: a branch of exactly ``z9hG4bK`` is not RFC 3261."""
     one = req(branch="z9hG4bK", call_id="a@pbx")

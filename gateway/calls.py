@@ -1,0 +1,783 @@
+"""The call router: the transaction user of the gateway's stateful proxy.
+
+Every request is tied to a profile, to the carrier, or refused (identify),
+an initial INVITE takes a channel of its profile (admit), goes to the
+carrier or to the profile's PBX (route), and its channel is freed however
+the call ends.  Registrations go to the registrar.  The SIP mechanics are
+in :mod:`sip.proxy` and :mod:`sip.transaction`; the I/O (sockets, timers,
+tasks) comes through the :class:`CallIO` port that ``gateway.app`` provides,
+so the router never touches a socket itself.
+
+Trust (RFC 3261 §22, §26):
+
+* the carrier's configured source addresses are trusted for inbound calls
+  and for in-dialog requests;
+* an IP-authenticated profile is recognised by the UDP source IP *and*
+  port (over TCP by the IP alone: source ports are ephemeral);
+* everyone else must answer a digest challenge: ``401`` for REGISTER,
+  ``407`` for other requests.  An unknown username gets the same answer as
+  a wrong password;
+* in-dialog requests (To tag present) are routed along the route set of a
+  call the gateway admitted (loose routing, §16.4) and are not challenged
+  again; one for a call we do not know is answered ``481``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from admission import AdmissionController, Admitted, RejectReason
+from gateway.directory import Directory, ProfileEntry
+from gateway.registrar import LocationService, build_register_response
+from sip.digest import DigestRealm, Verified, ha1_algorithm
+from sip.errors import ParseError, SIPError
+from sip.headers import Address, Via
+from sip.message import Message, Request, Response, build_response
+from sip.proxy import (
+    ProxyError,
+    build_cancel,
+    check_request,
+    forward_request,
+    make_branch,
+    pop_own_routes,
+    relay_response,
+)
+from sip.transaction import (
+    Action,
+    ClientTransaction,
+    DeliverRequest,
+    DeliverResponse,
+    Overload,
+    ServerTransaction,
+    StrayAck,
+    StrayResponse,
+    Terminated,
+    Timeout,
+    TransactionError,
+    TransactionLayer,
+    Transmit,
+    TransportFailure,
+)
+from sip.transport import stateless_tag
+from sip.uri import URI, parse_uri
+
+__all__ = ["Call", "CallIO", "CallRouter", "CarrierSettings", "Hop", "RouterStats"]
+
+logger = logging.getLogger(__name__)
+
+#: Methods the gateway handles (OPTIONS answer, RFC 3261 §11.2).
+ALLOWED_METHODS = (
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "REGISTER",
+    "UPDATE",
+    "INFO",
+    "PRACK",
+)
+#: Methods that only exist inside a dialog.
+DIALOG_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
+#: Request-URI schemes we can route (RFC 3261 §8.2.2.1, §16.3 step 2; RFC 3966).
+SUPPORTED_URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+#: Body types we accept (RFC 3261 §11.2: Accept in the OPTIONS answer).
+ACCEPTED_BODIES = ("application/sdp",)
+#: Option tags we support (none yet; RFC 3261 §8.2.2.3, §16.3 step 5).
+SUPPORTED_OPTION_TAGS: frozenset[str] = frozenset()
+#: Warning text of a 503 for a full profile (RFC 3261 §20.43, code 399: miscellaneous).
+CHANNEL_LIMIT_TEXT = "Channel limit reached"
+
+
+class Hop(NamedTuple):
+    """Where a message goes next: transport and address."""
+
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierSettings:
+    """The upstream carrier: where outbound calls go, whom we trust for inbound."""
+
+    uri: URI | None
+    transport: str = "UDP"
+    sources: tuple[tuple[str, int | None], ...] = ()
+
+    def hop(self) -> Hop | None:
+        if self.uri is None:
+            return None
+        port = self.uri.port or (5061 if self.uri.scheme == "sips" else 5060)
+        return Hop(self.transport.upper(), self.uri.host.strip("[]"), port)
+
+    def trusts(self, host: str, port: int) -> bool:
+        host = host.lower()
+        return any(h == host and (p is None or p == port) for h, p in self.sources)
+
+
+class CallIO(Protocol):
+    """What the router needs from the asyncio layer."""
+
+    def now(self) -> float: ...
+
+    def send_response(self, response: Response, source: object) -> None:
+        """Route a response per RFC 3261 §18.2.2 (``source``: the request's)."""
+
+    def send_request(
+        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+    ) -> None:
+        """Send a request; a failure is reported to the transaction layer."""
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Any:
+        """Arm a timer; the result has ``cancel()``."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine in the background (its errors are logged)."""
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Counts for operators (Prometheus arrives with issue 4)."""
+
+    calls_admitted: int = 0
+    calls_rejected_channel_limit: int = 0
+    auth_challenges: int = 0
+    auth_failures: int = 0
+    registrations: int = 0
+    answered_locally: int = 0
+    stray_responses: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One admitted call: it holds a channel of ``profile`` until it ends."""
+
+    call_id: str
+    profile: ProfileEntry
+    direction: str  # "outbound" (PBX → carrier) or "inbound" (carrier → PBX)
+    server_tx: ServerTransaction
+    pbx: Hop  # how the PBX is reached (the flow it uses; RFC 3581 for NAT)
+    invite: Request | None = None  # the INVITE as we forwarded it
+    invite_hop: Hop | None = None
+    carrier_side: Hop | None = None  # the carrier's address in this call
+    carrier_contact: URI | None = None  # the carrier's remote target (Contact)
+    client_tx: ClientTransaction | None = None
+    answered: bool = False
+    confirmed: bool = False
+    final_relayed: bool = False
+    cancelled: bool = False
+    released: bool = False
+    timers: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Relay:
+    """A forwarded request: the server transaction its responses go back on."""
+
+    server_tx: ServerTransaction
+    call: Call | None
+    initial_invite: bool
+
+
+class CallRouter:
+    """Identify → admit → route, and free the channel on every ending."""
+
+    def __init__(
+        self,
+        *,
+        layer: TransactionLayer,
+        io: CallIO,
+        directory: Directory,
+        admission: AdmissionController,
+        registrar: LocationService,
+        digest: DigestRealm,
+        carrier: CarrierSettings,
+        own_addresses: Iterable[tuple[str, int]],
+        advertised: tuple[str, int],
+    ) -> None:
+        self.layer = layer
+        self.io = io
+        self.directory = directory
+        self.admission = admission
+        self.registrar = registrar
+        self.digest = digest
+        self.carrier = carrier
+        self.advertised = advertised
+        self._own = {(h.lower().strip("[]"), p) for h, p in own_addresses}
+        self._own.add((advertised[0].lower().strip("[]"), advertised[1]))
+        self.stats = RouterStats()
+        self.calls: dict[str, Call] = {}
+        self._relays: dict[ClientTransaction, _Relay] = {}
+        self._by_server_tx: dict[ServerTransaction, Call] = {}
+        self._unique = itertools.count()
+        self._instance = secrets.token_hex(3)
+
+    # -- entry points --------------------------------------------------------
+    def on_message(self, message: Message, source: Any, *, reliable: bool) -> None:
+        """A validated message from the transport."""
+        actions = self.layer.receive(message, source, self.io.now(), reliable=reliable)
+        self.run(actions)
+
+    def run(self, actions: list[Action]) -> None:
+        """Carry out what the transaction layer asks."""
+        for action in actions:
+            if isinstance(action, Transmit):
+                tx = action.transaction
+                if isinstance(tx, ServerTransaction):
+                    assert isinstance(action.message, Response)
+                    self.io.send_response(action.message, action.destination)
+                else:
+                    assert isinstance(action.destination, Hop)
+                    assert isinstance(tx, ClientTransaction)
+                    self.io.send_request(action.message, action.destination, tx)
+            elif isinstance(action, DeliverRequest):
+                self._on_request(action.transaction, action.request)
+            elif isinstance(action, DeliverResponse):
+                self._on_response(action.transaction, action.response)
+            elif isinstance(action, StrayAck):
+                self._on_ack(action.request, action.source)
+            elif isinstance(action, Timeout | TransportFailure):
+                self._on_failure(action.transaction, isinstance(action, Timeout))
+            elif isinstance(action, Terminated):
+                self._on_terminated(action.transaction)
+            elif isinstance(action, Overload):
+                response = self._reply(
+                    action.request, 503, extra=[("Retry-After", str(action.retry_after))]
+                )
+                self.io.send_response(response, action.source)
+            elif isinstance(action, StrayResponse):
+                # RFC 6026 §7.3 (RFC 3261 §16.7 as updated): drop it.
+                self.stats.stray_responses += 1
+
+    # -- requests ------------------------------------------------------------
+    def _on_request(self, tx: ServerTransaction, request: Request) -> None:
+        try:
+            self._dispatch(tx, request)
+        except SIPError as error:
+            self._respond(tx, request, error.status, error.reason)
+
+    def _dispatch(self, tx: ServerTransaction, request: Request) -> None:
+        method = request.method
+        if request.uri.scheme not in SUPPORTED_URI_SCHEMES:
+            self._respond(tx, request, 416)  # RFC 3261 §16.3 step 2, RFC 4475 §3.3.2
+            return
+        unsupported = self._unsupported(request.option_tags("proxy-require"))
+        if unsupported and method != "CANCEL":
+            self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        if method == "CANCEL":
+            self._on_cancel(tx, request)
+        elif request.to.tag is not None:
+            self._in_dialog(tx, request)
+        elif method == "INVITE":
+            self._initial_invite(tx, request)
+        elif method in DIALOG_METHODS:
+            # A request that only exists inside a dialog, without a To tag
+            # (RFC 3261 §12.2.2, §15.1.2).
+            self._respond(tx, request, 481)
+        elif method == "REGISTER":
+            self._register(tx, request)
+        elif method == "OPTIONS" and not request.headers.fields("route"):
+            # A PBX probing its trunk: answered here, whatever the
+            # Request-URI (RFC 3261 §11; RFC 4475 §3.3.11 allows 200 even
+            # at Max-Forwards 0).
+            self._local_options(tx, request)
+        elif request.max_forwards == 0:
+            self._respond(tx, request, 483)
+        else:
+            # RFC 3261 §8.2.1: what we do not implement out of a dialog.
+            self._respond(tx, request, 501, extra=[("Allow", ", ".join(ALLOWED_METHODS))])
+
+    def _unsupported(self, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(t for t in tags if t not in SUPPORTED_OPTION_TAGS))
+
+    def _local_options(self, tx: ServerTransaction, request: Request) -> None:
+        unsupported = self._unsupported(request.option_tags("require"))
+        if unsupported:
+            self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        self.stats.answered_locally += 1
+        self._respond(
+            tx,
+            request,
+            200,
+            extra=[
+                ("Allow", ", ".join(ALLOWED_METHODS)),
+                ("Accept", ", ".join(ACCEPTED_BODIES)),
+                ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS))),
+            ],
+        )
+
+    # -- who is calling ------------------------------------------------------
+    def _identify(self, request: Request) -> ProfileEntry | str | None:
+        """The calling profile, ``"carrier"``, or None after sending nothing
+        (the caller then challenges)."""
+        source = request.source
+        assert source is not None
+        transport, host, port = source
+        if self.carrier.trusts(host, port):
+            return "carrier"
+        entry = self.directory.by_source(transport, host, port)
+        if entry is not None:
+            return entry
+        return None
+
+    def _authenticate(self, tx: ServerTransaction, request: Request) -> ProfileEntry | None:
+        """Digest authentication (RFC 3261 §22.2, §22.3); answers the
+        challenge itself and returns None when the request does not pass."""
+        register = request.method == "REGISTER"
+        credentials = request.authorization if register else request.proxy_authorization
+        now = self.io.now()
+        stale = False
+        for cred in credentials:
+            if cred.scheme.lower() != "digest" or cred.realm != self.digest.realm:
+                continue
+            entry = self.directory.by_username(cred.username or "")
+            if entry is not None and entry.auth_mode != "registration":
+                entry = None
+            algorithm = ha1_algorithm(cred)
+            stored = entry.ha1.get(algorithm) if entry is not None and algorithm else None
+            verdict = self.digest.verify(
+                cred, method=request.method, ha1=stored, now=now, request_uri=request.uri_text
+            )
+            if isinstance(verdict, Verified) and entry is not None:
+                return entry
+            stale = not isinstance(verdict, Verified) and verdict.stale
+            self.stats.auth_failures += 1
+            break
+        self.stats.auth_challenges += 1
+        status = 401 if register else 407
+        header = "WWW-Authenticate" if register else "Proxy-Authenticate"
+        challenges = self.digest.challenge(now, stale=stale)
+        self._respond(tx, request, status, extra=[(header, str(c)) for c in challenges])
+        return None
+
+    # -- registrations (RFC 3261 §10.3) -----------------------------------------
+    def _register(self, tx: ServerTransaction, request: Request) -> None:
+        caller = self._identify(request)
+        if caller == "carrier" or isinstance(caller, ProfileEntry):
+            # IP-authenticated peers do not register (and must not hijack
+            # a registration profile's bindings by their address).
+            self._respond(tx, request, 403, "IP-authenticated peers do not register")
+            return
+        if request.to.uri.scheme not in ("sip", "sips"):
+            self._respond(tx, request, 400, "Address-of-record must be a SIP URI")
+            return
+        entry = self._authenticate(tx, request)
+        if entry is None:
+            return
+        unsupported = self._unsupported(request.option_tags("require"))
+        if unsupported:
+            self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        source = request.source
+        assert source is not None
+        outcome = self.registrar.register(entry.id, request, source, self.io.now())
+        if outcome.status == 200:
+            self.stats.registrations += 1
+        response = build_register_response(request, outcome, stateless_tag(request))
+        self._send(tx, response)
+
+    # -- initial INVITE ------------------------------------------------------
+    def _initial_invite(self, tx: ServerTransaction, request: Request) -> None:
+        if request.call_id in self.calls:
+            # RFC 3261 §8.2.2.2: a second INVITE for a call in progress.
+            self._respond(tx, request, 482, "Merged Request")
+            return
+        # RFC 3261 §16.3: Max-Forwards (step 3) and loops (step 4) are
+        # checked before Proxy-Authorization (step 6).
+        check_request(request, self._is_own_via)
+        caller = self._identify(request)
+        if caller is None:
+            caller = self._authenticate(tx, request)
+            if caller is None:
+                return
+        if caller == "carrier":
+            self._inbound(tx, request)
+        else:
+            assert isinstance(caller, ProfileEntry)
+            self._outbound(tx, request, caller)
+
+    def _outbound(self, tx: ServerTransaction, request: Request, profile: ProfileEntry) -> None:
+        carrier_hop = self.carrier.hop()
+        if carrier_hop is None or self.carrier.uri is None:
+            self._respond(tx, request, 503, "No carrier configured")
+            return
+        target = self.carrier.uri.replace(user=request.uri.user)
+        source = request.source
+        assert source is not None
+        pbx = Hop(source[0], source[1], source[2])
+        self._admit_and_forward(
+            tx,
+            request,
+            profile=profile,
+            direction="outbound",
+            pbx=pbx,
+            target=target,
+            hop=carrier_hop,
+        )
+
+    def _inbound(self, tx: ServerTransaction, request: Request) -> None:
+        number = request.uri.user or ""
+        profile = self.directory.by_number(number)
+        if profile is None:
+            self._respond(tx, request, 404, "Number not assigned")
+            return
+        if profile.auth_mode == "ip":
+            assert profile.ip is not None and profile.port is not None
+            hop = Hop("UDP", profile.ip, profile.port)
+            host = f"[{profile.ip}]" if ":" in profile.ip else profile.ip
+            target = parse_uri(f"sip:{number}@{host}:{profile.port}")
+        else:
+            bindings = self.registrar.targets(profile.id, self.io.now())
+            if not bindings:
+                self._respond(tx, request, 480, "No registered PBX")
+                return
+            binding = bindings[0]
+            transport, host, port = binding.source
+            hop = Hop(transport, host, port)
+            target = binding.target_uri
+        self._admit_and_forward(
+            tx, request, profile=profile, direction="inbound", pbx=hop, target=target, hop=hop
+        )
+
+    def _admit_and_forward(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        *,
+        profile: ProfileEntry,
+        direction: str,
+        pbx: Hop,
+        target: URI,
+        hop: Hop,
+    ) -> None:
+        call = Call(request.call_id, profile, direction, tx, pbx)
+        source = request.source
+        assert source is not None
+        call.carrier_side = hop if direction == "outbound" else Hop(*source[:3])
+        if direction == "inbound":
+            call.carrier_contact = _contact_uri(request)
+        # Registered before the (possibly asynchronous) admission, so that a
+        # merged INVITE or a CANCEL arriving meanwhile finds it.
+        self.calls[call.call_id] = call
+        self._by_server_tx[tx] = call
+        self.io.spawn(self._admit(call, request, target, hop))
+
+    async def _admit(self, call: Call, request: Request, target: URI, hop: Hop) -> None:
+        result = await self.admission.acquire(
+            call.profile.id, call.call_id, call.profile.channel_limit
+        )
+        if not isinstance(result, Admitted):
+            call.released = True  # it never held a channel
+            self._finish(call)
+            if result.reason is not RejectReason.CHANNEL_LIMIT:
+                # The Call-ID already holds a channel for another profile
+                # (a hairpin through the gateway): RFC 3261 §8.2.2.2.
+                self._respond(call.server_tx, request, 482, "Merged Request")
+                return
+            self.stats.calls_rejected_channel_limit += 1
+            self._respond(
+                call.server_tx,
+                request,
+                503,
+                extra=[
+                    ("Warning", f'399 {self._host_port()} "{CHANNEL_LIMIT_TEXT}"'),
+                    ("Reason", f'SIP;cause=503;text="{CHANNEL_LIMIT_TEXT}"'),
+                ],
+            )
+            return
+        self.stats.calls_admitted += 1
+        if call.cancelled:
+            self._respond(call.server_tx, request, 487)
+            self._release(call)
+            return
+        forwarded = forward_request(
+            request,
+            via=self._via(request, hop.transport),
+            target=target,
+            record_route=Address.build(self._record_route_uri()),
+        )
+        call.invite = forwarded
+        call.invite_hop = hop
+        try:
+            client_tx, actions = self.layer.send_request(
+                forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
+            )
+        except TransactionError as error:
+            self._respond(call.server_tx, request, 500, error.reason)
+            self._release(call)
+            return
+        call.client_tx = client_tx
+        self._relays[client_tx] = _Relay(call.server_tx, call, initial_invite=True)
+        # Timer C (RFC 3261 §16.6 step 11): a call may ring only so long.
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_c, lambda: self._timer_c(call)
+            )
+        )
+        self.run(actions)
+
+    def _timer_c(self, call: Call) -> None:
+        if call.final_relayed or call.released:
+            return
+        self._cancel_downstream(call)
+        self._respond(call.server_tx, call.server_tx.request, 408)
+        call.final_relayed = True
+        self._release(call)
+
+    # -- CANCEL (RFC 3261 §16.10) ----------------------------------------------
+    def _on_cancel(self, tx: ServerTransaction, cancel: Request) -> None:
+        invite_tx = self.layer.cancelled_transaction(cancel)
+        if invite_tx is None:
+            self._respond(tx, cancel, 481)
+            return
+        self._respond(tx, cancel, 200)
+        call = self._by_server_tx.get(invite_tx)
+        if call is None or call.final_relayed:
+            return
+        call.cancelled = True
+        if call.client_tx is None:
+            return  # admission still running: it sees ``cancelled``
+        self._cancel_downstream(call)
+        # If the far end never answers the CANCEL, end the call ourselves.
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_b, lambda: self._cancel_expired(call)
+            )
+        )
+
+    def _cancel_downstream(self, call: Call) -> None:
+        if call.invite is None or call.invite_hop is None or call.answered:
+            return
+        cancel = build_cancel(call.invite)
+        try:
+            _, actions = self.layer.send_request(
+                cancel, call.invite_hop, self.io.now(), reliable=call.invite_hop.transport == "TCP"
+            )
+        except TransactionError:
+            return
+        self.run(actions)
+
+    def _cancel_expired(self, call: Call) -> None:
+        if call.final_relayed or call.released:
+            return
+        self._respond(call.server_tx, call.server_tx.request, 487)
+        call.final_relayed = True
+        self._release(call)
+
+    # -- responses -------------------------------------------------------------
+    def _on_response(self, tx: ClientTransaction, response: Response) -> None:
+        relay = self._relays.get(tx)
+        if relay is None:
+            return
+        status = response.status
+        if status == 100:
+            return  # RFC 3261 §16.7 step 5: a 100 Trying is not forwarded
+        try:
+            relay_response(response)
+        except (ProxyError, ParseError):
+            return
+        call = relay.call
+        if relay.initial_invite and call is not None and status >= 200:
+            first_final = not call.final_relayed
+            call.final_relayed = True
+            if status < 300:
+                call.answered = True
+                if call.direction == "outbound" and call.carrier_contact is None:
+                    call.carrier_contact = _contact_uri(response)
+                if first_final:
+                    self._expect_ack(call)
+            elif first_final:
+                self._release(call)
+        self._send(relay.server_tx, response)
+
+    def _expect_ack(self, call: Call) -> None:
+        """A 2xx never acknowledged frees its channel (RFC 3261 §13.3.1.4:
+        the UAS gives up after 64*T1)."""
+
+        def check() -> None:
+            if not call.confirmed and not call.released:
+                logger.info("call %s: 2xx never acknowledged, channel freed", call.call_id)
+                self._release(call)
+
+        call.timers.append(self.io.call_at(self.io.now() + self.layer.settings.timer_h, check))
+
+    def _on_failure(self, tx: Any, timeout: bool) -> None:
+        if not isinstance(tx, ClientTransaction):
+            return  # Timer H on a server transaction: the upstream ACK never came
+        relay = self._relays.get(tx)
+        if relay is None:
+            return
+        call = relay.call
+        if relay.initial_invite and call is not None:
+            if call.final_relayed:
+                return
+            call.final_relayed = True
+            self._release(call)
+        status = 408 if timeout else 503
+        reason = "Request Timeout" if timeout else "Next hop unreachable"
+        self._respond(relay.server_tx, relay.server_tx.request, status, reason)
+
+    def _on_terminated(self, tx: Any) -> None:
+        if isinstance(tx, ClientTransaction):
+            self._relays.pop(tx, None)
+        elif isinstance(tx, ServerTransaction):
+            call = self._by_server_tx.get(tx)
+            if call is not None and call.released:
+                del self._by_server_tx[tx]
+
+    # -- in-dialog requests (RFC 3261 §12.2, §16.4) ---------------------------------
+    def _dialog_call(self, request: Request) -> Call | None:
+        return self.calls.get(request.call_id)
+
+    def _next_hop(self, request: Request, call: Call) -> Hop:
+        """Towards the PBX: the flow we know (RFC 3581, NAT).  Towards the
+        carrier: the next Route, else the Request-URI; a peer that ignored
+        our Record-Route and addressed the gateway itself gets the carrier
+        side of the call."""
+        source = request.source
+        assert source is not None
+        host, port = source[1].lower(), source[2]
+        if call.direction == "outbound":
+            from_pbx = (host, port) == (call.pbx.host.lower(), call.pbx.port)
+        else:
+            from_pbx = not self.carrier.trusts(host, port)
+        if not from_pbx:
+            return call.pbx
+        routes = request.routes
+        uri = routes[0].uri if routes else request.uri
+        if self._is_own_uri(uri) and call.carrier_side is not None:
+            if not routes and call.carrier_contact is not None:
+                request.uri = call.carrier_contact  # the remote target (RFC 3261 §12.2.1.1)
+            return call.carrier_side
+        transport = (uri.param("transport") or "udp").upper()
+        uri_port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return Hop(transport, uri.host.strip("[]"), uri_port)
+
+    def _in_dialog(self, tx: ServerTransaction, request: Request) -> None:
+        call = self._dialog_call(request)
+        if call is None:
+            self._respond(tx, request, 481)
+            return
+        if request.max_forwards == 0:
+            self._respond(tx, request, 483)
+            return
+        pop_own_routes(request, self._is_own_uri)
+        hop = self._next_hop(request, call)
+        forwarded = forward_request(request, via=self._via(request, hop.transport))
+        if request.method == "BYE":
+            self._release(call)
+        try:
+            client_tx, actions = self.layer.send_request(
+                forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
+            )
+        except TransactionError as error:
+            self._respond(tx, request, 500, error.reason)
+            return
+        self._relays[client_tx] = _Relay(tx, call, initial_invite=False)
+        self.run(actions)
+
+    def _on_ack(self, ack: Request, source: Any) -> None:
+        """The ACK of a 2xx: its own transaction-less request, forwarded
+        statelessly along the route set (RFC 3261 §16.11, §13.2.2.4)."""
+        call = self._dialog_call(ack)
+        if call is None:
+            return
+        call.confirmed = True
+        if ack.max_forwards == 0:
+            return
+        pop_own_routes(ack, self._is_own_uri)
+        hop = self._next_hop(ack, call)
+        # A stateless branch: the same for every retransmission of this ACK.
+        branch = make_branch(ack, "a" + (ack.top_via.branch or "")[-12:])
+        via = Via(
+            hop.transport, self.advertised[0], self.advertised[1], {"branch": branch, "rport": None}
+        )
+        self.io.send_request(forward_request(ack, via=via), hop, None)
+
+    # -- channels ---------------------------------------------------------------
+    def _release(self, call: Call) -> None:
+        """Free the call's channel (once) and forget the call."""
+        if not call.released:
+            call.released = True
+            self.io.spawn(self._release_channel(call.call_id))
+        self._finish(call)
+
+    async def _release_channel(self, call_id: str) -> None:
+        await self.admission.release(call_id)
+
+    def _finish(self, call: Call) -> None:
+        for timer in call.timers:
+            timer.cancel()
+        call.timers.clear()
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+
+    # -- helpers -------------------------------------------------------------------
+    def _host_port(self) -> str:
+        host, port = self.advertised
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _record_route_uri(self) -> str:
+        return f"sip:{self._host_port()};lr"
+
+    def _via(self, request: Request, transport: str) -> Via:
+        unique = f"{self._instance}{next(self._unique):x}"
+        host, port = self.advertised
+        return Via(transport, host, port, {"branch": make_branch(request, unique), "rport": None})
+
+    def _is_own_uri(self, uri: URI) -> bool:
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return (uri.host.lower().strip("[]"), port) in self._own
+
+    def _is_own_via(self, via: Via) -> bool:
+        return (via.host.lower().strip("[]"), via.port or 5060) in self._own
+
+    def _reply(
+        self,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        *,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        """A response of ours, with a stable To tag (RFC 3261 §8.2.6.2)."""
+        return build_response(request, status, reason, to_tag=stateless_tag(request), extra=extra)
+
+    def _respond(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        *,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self._send(tx, self._reply(request, status, reason, extra=extra))
+
+    def _send(self, tx: ServerTransaction, response: Response) -> None:
+        try:
+            actions = self.layer.send_response(tx, response, self.io.now())
+        except TransactionError:
+            # The server transaction is gone or past its final answer: a
+            # late 2xx is still forwarded, statelessly (RFC 3261 §16.7 step 9).
+            if response.is_success:
+                self.io.send_response(response, tx.destination)
+            return
+        self.run(actions)
+
+
+def _contact_uri(message: Message) -> URI | None:
+    """The first Contact URI of a message, if it has a usable one."""
+    try:
+        contacts = message.contacts
+        return contacts[0].uri if contacts and not contacts[0].star else None
+    except ParseError:
+        return None
