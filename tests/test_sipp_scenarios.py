@@ -397,12 +397,12 @@ def test_register_then_answer_on_the_same_socket(sipp: SippLauncher, net: Loopba
     assert registered.stat("AutoAnswered") == 1  # the INVITE went out of call
 
 
-def test_register_and_answer_gives_up_without_a_call(
+def test_register_and_answer_does_not_succeed_without_a_call(
     sipp: SippLauncher, net: LoopbackBlock
 ) -> None:
-    """Its wait is bounded: no inbound call, and SIPp stops with status 97
-    and no successful call (30 s in the scenario; here SIPp's own -timeout,
-    shorter, ends it first with 255)."""
+    """Registered but never called, the PBX does not count as a success:
+    its wait ends in failure (the scenario's own bound, 30 s, stops SIPp
+    with status 97; SIPp's -timeout, shorter here, ends it first with 255)."""
     registrar = sipp.start(
         Sipp(
             scenario="standin_registrar.xml",
