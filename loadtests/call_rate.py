@@ -31,6 +31,8 @@ SCENARIOS = ROOT / "loadtests" / "sipp"
 GATEWAY_IP, CARRIER_IP, PBX_IP = "127.0.0.110", "127.0.0.130", "127.0.0.120"
 NUMBER = "+441134960000"
 RUN_TIMEOUT = 600.0  # seconds, the most one rate may take
+SOCKET_BUFFER = 4 * 1024 * 1024  # SIPp's UDP buffers, as large as the gateway's
+LOG_LEVEL = os.environ.get("SIPGW_BENCH_LOG_LEVEL", "warning")
 
 
 def free_port(host: str) -> int:
@@ -83,31 +85,68 @@ def run_rate(rate: int, calls: int, workdir: Path) -> dict[str, float]:
     database = f"sqlite+aiosqlite:///{workdir}/rate{rate}.sqlite3"
     cli(env, database, "account", "create", "--name", "bench", "--email", "bench@example.test")
     profile = cli(
-        env, database, "profile", "create", "--account", "bench", "--name", "pbx",
-        "--auth", "registration",
+        env,
+        database,
+        "profile",
+        "create",
+        "--account",
+        "bench",
+        "--name",
+        "pbx",
+        "--auth",
+        "registration",
     )
     sip_port, http_port = free_port(GATEWAY_IP), free_port(GATEWAY_IP)
+    log = (workdir / f"gateway-{rate}.log").open("wb")
     carrier_port, pbx_port = free_port(CARRIER_IP), free_port(PBX_IP)
     gateway = subprocess.Popen(
         [
-            sys.executable, "-m", "gateway", "serve", "--database", database,
-            "--sip-listen", f"{GATEWAY_IP}:{sip_port}", "--http-listen", f"{GATEWAY_IP}:{http_port}",
-            "--carrier", f"sip:{CARRIER_IP}:{carrier_port}", "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--database",
+            database,
+            "--sip-listen",
+            f"{GATEWAY_IP}:{sip_port}",
+            "--http-listen",
+            f"{GATEWAY_IP}:{http_port}",
+            "--carrier",
+            f"sip:{CARRIER_IP}:{carrier_port}",
+            "--log-level",
+            LOG_LEVEL,
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     carrier = None
     try:
         wait_healthy(f"http://{GATEWAY_IP}:{http_port}/healthz", time.monotonic() + 30)
         carrier = subprocess.Popen(
             [
-                "sipp", "-sf", str(SCENARIOS / "carrier_uas.xml"), "-i", CARRIER_IP,
-                "-p", str(carrier_port), "-t", "u1", "-m", str(calls), "-nostdin",
-                "-timeout", f"{int(RUN_TIMEOUT)}s", "-bg",
+                "sipp",
+                "-sf",
+                str(SCENARIOS / "carrier_uas.xml"),
+                "-i",
+                CARRIER_IP,
+                "-p",
+                str(carrier_port),
+                "-t",
+                "u1",
+                "-m",
+                str(calls),
+                "-nostdin",
+                "-timeout",
+                f"{int(RUN_TIMEOUT)}s",
+                "-trace_err",
+                "-error_file",
+                str(workdir / f"carrier-errors-{rate}.log"),
+                "-buff_size",
+                str(SOCKET_BUFFER),
             ],
             cwd=workdir,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -115,22 +154,53 @@ def run_rate(rate: int, calls: int, workdir: Path) -> dict[str, float]:
         started = time.monotonic()
         pbx = subprocess.run(
             [
-                "sipp", f"{GATEWAY_IP}:{sip_port}", "-sf", str(SCENARIOS / "pbx_uac_auth.xml"),
-                "-i", PBX_IP, "-p", str(pbx_port), "-t", "u1", "-s", NUMBER,
-                "-au", str(profile["sip_username"]), "-ap", str(profile["password"]),
-                "-auth_uri", f"{NUMBER}@{GATEWAY_IP}:{sip_port}",
-                "-m", str(calls), "-r", str(rate), "-d", "0", "-nostdin",
-                "-timeout", f"{int(RUN_TIMEOUT)}s", "-recv_timeout", "10000",
+                "sipp",
+                f"{GATEWAY_IP}:{sip_port}",
+                "-sf",
+                str(SCENARIOS / "pbx_uac_auth.xml"),
+                "-i",
+                PBX_IP,
+                "-p",
+                str(pbx_port),
+                "-t",
+                "u1",
+                "-s",
+                NUMBER,
+                "-au",
+                str(profile["sip_username"]),
+                "-ap",
+                str(profile["password"]),
+                "-auth_uri",
+                f"{NUMBER}@{GATEWAY_IP}:{sip_port}",
+                "-m",
+                str(calls),
+                "-r",
+                str(rate),
+                "-d",
+                "0",
+                "-nostdin",
+                "-timeout",
+                f"{int(RUN_TIMEOUT)}s",
+                "-recv_timeout",
+                "10000",
+                "-trace_err",
+                "-error_file",
+                str(workdir / f"pbx-errors-{rate}.log"),
+                "-buff_size",
+                str(SOCKET_BUFFER),
             ],
             cwd=workdir,
+            check=False,  # SIPp's exit status is judged from its statistics
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT + 30,
         )
         elapsed = time.monotonic() - started
     finally:
-        if carrier is not None and carrier.poll() is None:
-            carrier.kill()
+        if carrier is not None:
+            if carrier.poll() is None:
+                carrier.kill()
+            carrier.wait()
         gateway.send_signal(signal.SIGTERM)
         try:
             gateway.wait(10)
@@ -152,10 +222,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--calls", type=int, default=2000, help="calls per rate")
+    parser.add_argument("--keep", help="directory for the databases and SIPp error logs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sipgw-rate-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for rate in args.rates:
-            r = run_rate(rate, args.calls, Path(tmp))
+            r = run_rate(rate, args.calls, workdir)
             verdict = "ok" if r["failure_ratio"] < 0.001 else "too many failures"
             print(
                 f"offered {r['rate']:5.0f} cps: {r['successful']:.0f}/{r['calls']:.0f} successful, "

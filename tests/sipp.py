@@ -469,19 +469,24 @@ class SippProcess:
             self.process.wait()
 
     def result(self) -> SippResult:
-        if self._result is None or self._result.returncode != self.process.returncode:
-            returncode = self.process.poll()
-            counts_files = sorted(self.directory.glob(f"*_{self.process.pid}_counts.csv"))
-            counts = _last_row(counts_files[0]) if counts_files else {}
-            self._result = SippResult(
-                spec=self.spec,
-                command=self.command,
-                returncode=-1 if returncode is None else returncode,
-                directory=self.directory,
-                stats=_last_row(self.directory / "stats.csv"),
-                counts={k: int(v) for k, v in counts.items() if v.isdigit()},
-            )
-        return self._result
+        """What SIPp reported; while it still runs, what it wrote so far
+        (``returncode`` -1)."""
+        if self._result is not None:
+            return self._result
+        returncode = self.process.poll()
+        counts_files = sorted(self.directory.glob(f"*_{self.process.pid}_counts.csv"))
+        counts = _last_row(counts_files[0]) if counts_files else {}
+        result = SippResult(
+            spec=self.spec,
+            command=self.command,
+            returncode=-1 if returncode is None else returncode,
+            directory=self.directory,
+            stats=_last_row(self.directory / "stats.csv"),
+            counts={k: int(v) for k, v in counts.items() if v.isdigit()},
+        )
+        if returncode is not None:
+            self._result = result  # final: SIPp wrote its last rows on exit
+        return result
 
 
 class SippLauncher:

@@ -143,6 +143,8 @@ def trunk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trunk]:
     carrier_port = free_port(net.carrier)
     home = GatewayHome(tmp_path_factory.mktemp("trunk"))
     try:
+        # All made before `serve`: the gateway loads them at start, and no
+        # test waits for it to notice a change.
         home.cli("account", "create", "--name", "acme", "--email", "ops@acme.example")
         profiles: dict[str, dict[str, Any]] = {}
         for name in ("reg-register", "reg-caller", "reg-inbound"):
@@ -254,6 +256,20 @@ def test_ip_authenticated_outbound_call(trunk: Trunk, sipp: SippLauncher) -> Non
         assert request.first_line == f"{method} {contact} SIP/2.0"
         assert request.headers("Route") == [trunk.record_route]
     assert first(answered.messages(), "received", "BYE ").header("Route") is None  # popped
+    trunk.assert_no_channels_in_use()
+
+
+def test_ip_pbx_from_another_port_is_challenged(trunk: Trunk, sipp: SippLauncher) -> None:
+    """IP authentication is by source IP *and* port: the right IP from
+    another port is a stranger, asked for credentials, and its call goes
+    nowhere (no carrier listens: a forwarded INVITE would time out)."""
+    host, port = trunk.ip_pbx
+    other_port = free_port(host)
+    assert other_port != port
+    pbx = sipp.run(trunk.peer("pbx_uac.xml", (host, other_port), service=OUTBOUND_NUMBER, calls=1))
+    assert (pbx.returncode, pbx.successful, pbx.failed) == (1, 0, 1), pbx.explain()
+    challenge = first(pbx.messages(), "received", "SIP/2.0 407")
+    assert challenge.header("Proxy-Authenticate"), challenge.text
     trunk.assert_no_channels_in_use()
 
 

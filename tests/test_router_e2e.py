@@ -1,0 +1,294 @@
+"""The call router over real sockets, with hand-written SIP peers.
+
+SIPp covers the call flows a PBX and a carrier usually produce
+(tests/test_calls_e2e.py).  This module drives the edges SIPp cannot express
+easily, with plain UDP sockets playing the PBX and the carrier:
+
+* a loop (the carrier URI is the gateway itself) answered 482;
+* re-INVITE, UPDATE, INFO and OPTIONS inside a dialog following the route
+  set, our Route removed, Max-Forwards decremented;
+* a 2xx never acknowledged, and a carrier that never answers (Timer B),
+  each freeing the channel (small T1 in the config, so 64*T1 is short).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from sip.message import Message, Request, Response
+from sip.parser import parse_datagram
+from tests.conftest import (
+    GatewayHome,
+    ServedGateway,
+    free_port,
+    random_loopback_block,
+    start_gateway,
+)
+
+NUMBER = "+14155550123"
+WAIT = 3.0  # seconds a peer waits for one message
+T1 = 0.05  # Timer B/H = 64*T1 = 3.2 s
+
+
+@dataclass
+class Peer:
+    """A SIP peer on one UDP socket: sends what a test writes, and hands
+    back what it receives (retransmissions included, in order)."""
+
+    host: str
+    port: int
+    sock: socket.socket = field(init=False)
+    seen: list[Message] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((self.host, self.port))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: str | bytes, to: tuple[str, int]) -> None:
+        self.sock.sendto(data.encode() if isinstance(data, str) else data, to)
+
+    def expect(self, match: Callable[[Message], bool], timeout: float = WAIT) -> Message:
+        """The next received message ``match`` accepts; others are kept in ``seen``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.host}:{self.port} waited in vain; saw {self.seen}")
+            self.sock.settimeout(remaining)
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            message = parse_datagram(data)
+            if match(message):
+                return message
+            self.seen.append(message)
+
+    def request(self, method: str, timeout: float = WAIT) -> Request:
+        msg = self.expect(lambda m: isinstance(m, Request) and m.method == method, timeout)
+        assert isinstance(msg, Request)
+        return msg
+
+    def response(self, status: int, method: str, timeout: float = WAIT) -> Response:
+        msg = self.expect(
+            lambda m: isinstance(m, Response) and m.status == status and m.cseq.method == method,
+            timeout,
+        )
+        assert isinstance(msg, Response)
+        return msg
+
+    @property
+    def via(self) -> str:
+        return f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{uuid.uuid4().hex};rport"
+
+    @property
+    def contact(self) -> str:
+        return f"<sip:peer@{self.host}:{self.port}>"
+
+
+def answer(request: Request, status: int, *, to_tag: str = "callee", contact: str = "") -> str:
+    """A UAS's response, echoing what RFC 3261 §8.2.6 and §12.1.1 say."""
+    lines = [f"SIP/2.0 {status} X"]
+    lines += [f"Via: {v}" for v in request.headers.get_all("via")]
+    lines += [f"Record-Route: {v}" for v in request.headers.get_all("record-route")]
+    to = request.headers.get("to") or ""
+    if ";tag=" not in to:
+        to += f";tag={to_tag}"
+    lines += [
+        f"From: {request.headers.get('from')}",
+        f"To: {to}",
+        f"Call-ID: {request.call_id}",
+        f"CSeq: {request.headers.get('cseq')}",
+    ]
+    if contact:
+        lines.append(f"Contact: {contact}")
+    lines.append("Content-Length: 0")
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+@dataclass
+class Setup:
+    gateway: ServedGateway
+    sip: tuple[str, int]
+    pbx: Peer
+    carrier: Peer
+
+    def channels(self) -> int:
+        return int(self.gateway.healthz()["channels"]["pbx"])
+
+    def wait_channels(self, expected: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.channels() != expected:
+            assert time.monotonic() < deadline, f"channels: {self.channels()} != {expected}"
+            time.sleep(0.05)
+
+    def invite(self, call_id: str, *, max_forwards: int = 70) -> str:
+        host, port = self.sip
+        return (
+            f"INVITE sip:{NUMBER}@{host}:{port} SIP/2.0\r\n"
+            f"Via: {self.pbx.via}\r\n"
+            f"Max-Forwards: {max_forwards}\r\n"
+            f"From: <sip:pbx@{self.pbx.host}>;tag=caller\r\n"
+            f"To: <sip:{NUMBER}@{host}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 INVITE\r\n"
+            f"Contact: {self.pbx.contact}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+
+
+def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> None:
+    home.cli("account", "create", "--name", "acme", "--email", "ops@acme.example")
+    home.cli(
+        "profile", "create", "--account", "acme", "--name", "pbx", "--auth", "ip",
+        "--ip", pbx[0], "--port", str(pbx[1]),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def setup(gateway_home: GatewayHome) -> Iterator[Setup]:
+    net = random_loopback_block()
+    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
+    carrier = Peer(net.carrier, free_port(net.carrier))
+    ip_profile_home(gateway_home, (pbx.host, pbx.port))
+    gateway = gateway_home.serve(
+        host=net.gateway,
+        carrier=(carrier.host, carrier.port),
+        carrier_sources=[carrier.host],
+        sip_config=f"t1 = {T1}\nt2 = {T1 * 8}",
+        log_level="debug",
+    )
+    try:
+        yield Setup(gateway, gateway.sip, pbx, carrier)
+    finally:
+        pbx.close()
+        carrier.close()
+
+
+def test_a_loop_through_the_gateway_is_refused_with_482(gateway_home: GatewayHome) -> None:
+    net = random_loopback_block()
+    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
+    ip_profile_home(gateway_home, (pbx.host, pbx.port))
+    port = free_port(net.gateway)
+    # The carrier is the gateway itself: every outbound call comes back.
+    args = ["--database", gateway_home.database_url, "--sip-listen", f"{net.gateway}:{port}"]
+    args += ["--carrier", f"sip:{net.gateway}:{port}"]
+    served = start_gateway(
+        gateway_home.directory, host=net.gateway, args=args, env=gateway_home.env()
+    )
+    gateway_home.started.append(served)
+    try:
+        setup = Setup(served, (net.gateway, port), pbx, pbx)
+        pbx.send(setup.invite("loop-1"), setup.sip)
+        final = pbx.expect(lambda m: isinstance(m, Response) and m.status >= 200)
+        assert isinstance(final, Response)
+        assert final.status == 482, f"{final.status} {final.reason}"
+        setup.wait_channels(0)
+    finally:
+        pbx.close()
+
+
+def test_in_dialog_requests_follow_the_route_set(setup: Setup) -> None:
+    pbx, carrier = setup.pbx, setup.carrier
+    pbx.send(setup.invite("dialog-1"), setup.sip)
+    invite = carrier.request("INVITE")
+    assert invite.max_forwards == 69
+    record_route = invite.headers.get("record-route")
+    assert record_route == f"<sip:{setup.sip[0]}:{setup.sip[1]};lr>"
+    carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
+    ok = pbx.response(200, "INVITE")
+    assert ok.headers.get("record-route") == record_route
+    assert setup.channels() == 1
+    host, port = setup.sip
+    to = ok.headers.get("to")
+
+    def in_dialog(method: str, cseq: int) -> str:
+        return (
+            f"{method} sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\n"
+            f"Via: {pbx.via}\r\n"
+            f"Route: <sip:{host}:{port};lr>\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:pbx@{pbx.host}>;tag=caller\r\n"
+            f"To: {to}\r\n"
+            "Call-ID: dialog-1\r\n"
+            f"CSeq: {cseq} {method}\r\n"
+            f"Contact: {pbx.contact}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+
+    pbx.send(in_dialog("ACK", 1), setup.sip)
+    ack = carrier.request("ACK")
+    assert "route" not in ack.headers, "our Route is removed (RFC 3261 §16.4)"
+    assert ack.uri_text == f"sip:peer@{carrier.host}:{carrier.port}"
+    for cseq, method in enumerate(("INVITE", "UPDATE", "INFO", "OPTIONS"), start=2):
+        pbx.send(in_dialog(method, cseq), setup.sip)
+        forwarded = carrier.request(method)
+        assert forwarded.max_forwards == 69
+        assert "route" not in forwarded.headers
+        assert forwarded.to.tag == "callee"
+        carrier.send(answer(forwarded, 200, contact=carrier.contact), setup.sip)
+        pbx.response(200, method)
+        if method == "INVITE":  # the ACK of the re-INVITE's 2xx
+            pbx.send(in_dialog("ACK", cseq), setup.sip)
+            carrier.request("ACK")
+    assert setup.channels() == 1, "re-INVITE takes no channel"
+    # The carrier hangs up, along the route set it recorded.
+    carrier.send(
+        f"BYE sip:peer@{pbx.host}:{pbx.port} SIP/2.0\r\n"
+        f"Via: {carrier.via}\r\n"
+        f"Route: {record_route}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: {to}\r\n"
+        f"To: <sip:pbx@{pbx.host}>;tag=caller\r\n"
+        "Call-ID: dialog-1\r\n"
+        "CSeq: 1 BYE\r\n"
+        "Content-Length: 0\r\n\r\n",
+        setup.sip,
+    )
+    bye = pbx.request("BYE")
+    pbx.send(answer(bye, 200), setup.sip)
+    carrier.response(200, "BYE")
+    setup.wait_channels(0)
+
+
+def test_a_2xx_never_acknowledged_frees_the_channel(setup: Setup) -> None:
+    setup.pbx.send(setup.invite("no-ack-1"), setup.sip)
+    invite = setup.carrier.request("INVITE")
+    setup.carrier.send(answer(invite, 200, contact=setup.carrier.contact), setup.sip)
+    setup.pbx.response(200, "INVITE")
+    assert setup.channels() == 1
+    # No ACK: after 64*T1 the channel comes back.
+    setup.wait_channels(0, timeout=64 * T1 + 5)
+
+
+def test_a_carrier_that_never_answers_gets_408_and_frees_the_channel(setup: Setup) -> None:
+    setup.pbx.send(setup.invite("silent-1"), setup.sip)
+    setup.carrier.request("INVITE")  # and never a response (Timer B, RFC 3261 §17.1.1.2)
+    assert setup.channels() == 1
+    final = setup.pbx.response(408, "INVITE", timeout=64 * T1 + 5)
+    assert final.status == 408
+    setup.wait_channels(0)
+
+
+def test_max_forwards_is_checked_before_authentication(setup: Setup) -> None:
+    """RFC 3261 §16.3: Max-Forwards (step 3) before Proxy-Authorization
+    (step 6); a stranger's INVITE with Max-Forwards 0 gets 483, not 407."""
+    stranger = Peer(setup.pbx.host, free_port(setup.pbx.host))
+    try:
+        data = setup.invite("mf-0", max_forwards=0).replace(
+            f"{setup.pbx.host}:{setup.pbx.port}", f"{stranger.host}:{stranger.port}"
+        )
+        stranger.send(data, setup.sip)
+        final = stranger.expect(lambda m: isinstance(m, Response) and m.status >= 200)
+        assert isinstance(final, Response) and final.status == 483
+    finally:
+        stranger.close()
