@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from sip.digest import authorize
 from sip.message import Message, Request, Response
 from sip.parser import parse_datagram
 from tests.conftest import (
@@ -121,6 +122,7 @@ class Setup:
     sip: tuple[str, int]
     pbx: Peer
     carrier: Peer
+    reg: dict[str, str] = field(default_factory=dict)
 
     def channels(self) -> int:
         return int(self.gateway.healthz()["channels"]["pbx"])
@@ -146,12 +148,24 @@ class Setup:
         )
 
 
-def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> None:
+REGISTERED_NUMBER = "+441134960001"  # assigned to the registration profile "reg"
+UNASSIGNED_NUMBER = "+441134960002"  # in the account's pool, assigned to nobody
+
+
+def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> dict[str, str]:
+    """An account with an IP profile "pbx" and a registration profile "reg"
+    (returned: its CLI JSON), with numbers as named above."""
     home.cli("account", "create", "--name", "acme", "--email", "ops@acme.example")
     home.cli(
         "profile", "create", "--account", "acme", "--name", "pbx", "--auth", "ip",
         "--ip", pbx[0], "--port", str(pbx[1]),
     )  # fmt: skip
+    reg: dict[str, str] = home.cli_json(
+        "profile", "create", "--account", "acme", "--name", "reg", "--auth", "registration"
+    )
+    home.cli("number", "add", "--account", "acme", REGISTERED_NUMBER, UNASSIGNED_NUMBER)
+    home.cli("number", "assign", REGISTERED_NUMBER, "--profile", "reg")
+    return reg
 
 
 @pytest.fixture
@@ -159,7 +173,7 @@ def setup(gateway_home: GatewayHome) -> Iterator[Setup]:
     net = random_loopback_block()
     pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
     carrier = Peer(net.carrier, free_port(net.carrier))
-    ip_profile_home(gateway_home, (pbx.host, pbx.port))
+    reg = ip_profile_home(gateway_home, (pbx.host, pbx.port))
     gateway = gateway_home.serve(
         host=net.gateway,
         carrier=(carrier.host, carrier.port),
@@ -168,7 +182,7 @@ def setup(gateway_home: GatewayHome) -> Iterator[Setup]:
         log_level="debug",
     )
     try:
-        yield Setup(gateway, gateway.sip, pbx, carrier)
+        yield Setup(gateway, gateway.sip, pbx, carrier, reg)
     finally:
         pbx.close()
         carrier.close()
@@ -292,3 +306,80 @@ def test_max_forwards_is_checked_before_authentication(setup: Setup) -> None:
         assert isinstance(final, Response) and final.status == 483
     finally:
         stranger.close()
+
+
+def carrier_invite(setup: Setup, number: str, call_id: str) -> str:
+    host, port = setup.sip
+    carrier = setup.carrier
+    return (
+        f"INVITE sip:{number}@{host}:{port} SIP/2.0\r\n"
+        f"Via: {carrier.via}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:+12125550100@{carrier.host}>;tag=carrier\r\n"
+        f"To: <sip:{number}@{host}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: {carrier.contact}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "status"),
+    [(UNASSIGNED_NUMBER, 404), (REGISTERED_NUMBER, 480), ("+19999999999", 404)],
+    ids=["unassigned", "not-registered", "unknown"],
+)
+def test_inbound_call_that_cannot_be_delivered(setup: Setup, number: str, status: int) -> None:
+    setup.carrier.send(carrier_invite(setup, number, f"in-{status}-{number}"), setup.sip)
+    final = setup.carrier.expect(lambda m: isinstance(m, Response) and m.status >= 200)
+    assert isinstance(final, Response)
+    assert final.status == status, f"{final.status} {final.reason}"
+    assert setup.channels() == 0
+
+
+def test_unknown_username_gets_the_same_answer_as_a_wrong_password(setup: Setup) -> None:
+    """RFC 3261 §22 / DESIGN.md: answers never reveal whether a username
+    exists.  Both get a fresh 401 challenge of the same shape."""
+    peer = Peer(setup.pbx.host, free_port(setup.pbx.host))
+    host, port = setup.sip
+    uri = f"sip:{host}:{port}"
+
+    def register(cseq: int, authorization: str = "") -> str:
+        return (
+            f"REGISTER {uri} SIP/2.0\r\n"
+            f"Via: {peer.via}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:someone@{host}>;tag=r1\r\n"
+            f"To: <sip:someone@{host}>\r\n"
+            "Call-ID: reg-probe\r\n"
+            f"CSeq: {cseq} REGISTER\r\n"
+            f"Contact: {peer.contact}\r\n"
+            f"{authorization}"
+            "Content-Length: 0\r\n\r\n"
+        )
+
+    def answer_to(username: str, password: str, cseq: int) -> Response:
+        peer.send(register(cseq), setup.sip)
+        challenge = peer.response(401, "REGISTER").www_authenticate[0]
+        credentials = authorize(
+            challenge, username=username, password=password, method="REGISTER", uri=uri,
+            cnonce=uuid.uuid4().hex[:8],
+        )  # fmt: skip
+        peer.send(register(cseq + 1, f"Authorization: {credentials}\r\n"), setup.sip)
+        return peer.expect(lambda m: isinstance(m, Response) and m.cseq.number == cseq + 1)  # type: ignore[return-value]
+
+    try:
+        unknown = answer_to("nobody-here", "whatever", 1)
+        wrong = answer_to(setup.reg["sip_username"], "wrong password", 3)
+        right = answer_to(setup.reg["sip_username"], setup.reg["password"], 5)
+    finally:
+        peer.close()
+    assert (unknown.status, unknown.reason) == (wrong.status, wrong.reason) == (401, "Unauthorized")
+    assert [n for n, _ in unknown.headers.items()] == [n for n, _ in wrong.headers.items()]
+    shape = [
+        (c.scheme, c.realm, c.algorithm, c.qop_options, c.stale) for c in unknown.www_authenticate
+    ]
+    assert shape == [
+        (c.scheme, c.realm, c.algorithm, c.qop_options, c.stale) for c in wrong.www_authenticate
+    ]
+    assert right.status == 200  # and the right password does register
