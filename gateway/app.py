@@ -277,6 +277,8 @@ async def healthz(request: web.Request) -> web.Response:
             "sip_listen": [str(listener) for listener in app[SIP_TRANSPORT].listeners],
             "channels": channels,
             "calls": len(router.calls),
+            "transactions": len(router.layer),
+            "tracked": router.tracked,
             "registrations": sum(router.registrar.counts(app[SIP_SERVICE].now()).values()),
         }
     )

@@ -218,6 +218,12 @@ class CallRouter:
         self._unique = itertools.count()
         self._instance = secrets.token_hex(3)
 
+    @property
+    def tracked(self) -> int:
+        """Entries the router holds for live transactions: 0 when idle, so
+        a number that only grows is a leak an operator can see."""
+        return len(self._relays) + len(self._by_server_tx)
+
     # -- entry points --------------------------------------------------------
     def on_message(self, message: Message, source: Any, *, reliable: bool) -> None:
         """A validated message from the transport."""
@@ -629,9 +635,9 @@ class CallRouter:
         if isinstance(tx, ClientTransaction):
             self._relays.pop(tx, None)
         elif isinstance(tx, ServerTransaction):
-            call = self._by_server_tx.get(tx)
-            if call is not None and call.released:
-                del self._by_server_tx[tx]
+            # Only a live INVITE server transaction can be CANCELled
+            # (RFC 3261 §9.2), so its call entry goes with it.
+            self._by_server_tx.pop(tx, None)
 
     # -- in-dialog requests (RFC 3261 §12.2, §16.4) ---------------------------------
     def _dialog_call(self, request: Request) -> Call | None:

@@ -178,7 +178,7 @@ def setup(gateway_home: GatewayHome) -> Iterator[Setup]:
         host=net.gateway,
         carrier=(carrier.host, carrier.port),
         carrier_sources=[carrier.host],
-        sip_config=f"t1 = {T1}\nt2 = {T1 * 8}",
+        sip_config=f"t1 = {T1}\nt2 = {T1 * 8}\nt4 = {T1 * 10}",
         log_level="debug",
     )
     try:
@@ -255,6 +255,14 @@ def test_in_dialog_requests_follow_the_route_set(setup: Setup) -> None:
             pbx.send(in_dialog("ACK", cseq), setup.sip)
             carrier.request("ACK")
     assert setup.channels() == 1, "re-INVITE takes no channel"
+    # A call outlasts its transactions (64*T1): once they have all ended,
+    # the router holds the call and nothing else.
+    deadline = time.monotonic() + 64 * T1 + 5
+    while setup.gateway.healthz()["transactions"]:
+        assert time.monotonic() < deadline, setup.gateway.healthz()
+        time.sleep(0.1)
+    health = setup.gateway.healthz()
+    assert (health["calls"], health["tracked"]) == (1, 0), health
     # The carrier hangs up, along the route set it recorded.
     carrier.send(
         f"BYE sip:peer@{pbx.host}:{pbx.port} SIP/2.0\r\n"
@@ -272,6 +280,14 @@ def test_in_dialog_requests_follow_the_route_set(setup: Setup) -> None:
     pbx.send(answer(bye, 200), setup.sip)
     carrier.response(200, "BYE")
     setup.wait_channels(0)
+    # Every transaction ends (64*T1 at most) and leaves nothing behind.
+    deadline = time.monotonic() + 64 * T1 + 5
+    while True:
+        health = setup.gateway.healthz()
+        if (health["calls"], health["transactions"], health["tracked"]) == (0, 0, 0):
+            break
+        assert time.monotonic() < deadline, f"left behind: {health}"
+        time.sleep(0.1)
 
 
 def test_a_2xx_never_acknowledged_frees_the_channel(setup: Setup) -> None:

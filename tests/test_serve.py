@@ -183,6 +183,8 @@ def test_healthz(module_gateway: ServedGateway) -> None:
         "sip_listen": [f"{host}:{port}"],
         "channels": {},
         "calls": 0,
+        "transactions": 0,
+        "tracked": 0,
         "registrations": 0,
     }
 
