@@ -27,7 +27,6 @@ Lookups:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from gateway.models import AuthMode, DirectoryVersion, Number, Profile
+from gateway.settings import canonical_ip
 from gateway.store import Store
 from sip.digest import ha1
 
@@ -76,16 +76,6 @@ class ProfileEntry:
     ip: str | None
     port: int | None
     channel_limit: int
-
-
-def _canonical_ip(text: str) -> str | None:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 def _number_key(number: str) -> str:
@@ -151,7 +141,7 @@ class Directory:
             entry = self._by_udp.get((ip, port))
             if entry is not None:
                 return entry
-            canonical = _canonical_ip(ip)
+            canonical = canonical_ip(ip)
             if canonical is None or canonical == ip:
                 return None
             return self._by_udp.get((canonical, port))
@@ -159,7 +149,7 @@ class Directory:
             found = self._by_ip.get(ip)
             if found is not None:
                 return found
-            canonical = _canonical_ip(ip)
+            canonical = canonical_ip(ip)
             return None if canonical is None else self._by_ip.get(canonical)
         return None
 

@@ -49,6 +49,7 @@ __all__ = [
     "RegistrarSettings",
     "SIPServerSettings",
     "StoreSettings",
+    "canonical_ip",
     "load_settings",
     "parse_carrier_uri",
     "parse_database_url",
@@ -157,7 +158,7 @@ def parse_host_port(text: object, key: str) -> HostPort:
     return HostPort(host, int(port_text))
 
 
-def _ip_or_none(text: str) -> str | None:
+def canonical_ip(text: str) -> str | None:
     """The normalised text of an IP address, or None.  An IPv4-mapped IPv6
     address (a dual-stack socket's view of an IPv4 peer) becomes the IPv4
     address, so that one peer has one spelling."""
@@ -256,12 +257,12 @@ class CarrierSettings:
         it resolves to can change under us."""
         if self.sources or self.uri is None:
             return self.sources
-        address = _ip_or_none(self.uri.host.strip("[]"))
+        address = canonical_ip(self.uri.host.strip("[]"))
         return () if address is None else (CarrierSource(address),)
 
     def trusts(self, host: str, port: int) -> bool:
         """Whether a request from ``host``:``port`` comes from the carrier."""
-        address = _ip_or_none(host)
+        address = canonical_ip(host)
         if address is None:
             return False
         return any(
@@ -531,7 +532,7 @@ def _carrier_source(text: object, key: str) -> CarrierSource:
     if not isinstance(text, str):
         raise ConfigError(key, f"must be a string, {hint}, got {_show(text)}")
     value = text.strip()
-    address = _ip_or_none(value)
+    address = canonical_ip(value)
     if address is not None:
         return CarrierSource(address)
     if value.startswith("["):
@@ -543,7 +544,7 @@ def _carrier_source(text: object, key: str) -> CarrierSource:
         host, sep, port_text = value.rpartition(":")
         if not sep or ":" in host:
             raise ConfigError(key, f"{text!r}: {hint}")
-    address = _ip_or_none(host)
+    address = canonical_ip(host)
     if address is None:
         raise ConfigError(key, f"{text!r}: {host!r} is not an IP address (sources are addresses)")
     if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
