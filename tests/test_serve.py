@@ -177,13 +177,14 @@ def test_healthz(module_gateway: ServedGateway) -> None:
         assert reply.headers["Content-Type"].startswith("application/json")
         body = json.load(reply)
     host, port = module_gateway.sip
+    # Earlier tests on this gateway may have transactions still ending (Timer J).
+    assert isinstance(body.pop("transactions"), int)
     assert body == {
         "status": "ok",
         "version": __version__,
         "sip_listen": [f"{host}:{port}"],
         "channels": {},
         "calls": 0,
-        "transactions": 0,
         "tracked": 0,
         "registrations": 0,
     }
