@@ -22,11 +22,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from admission import MemoryAdmission
 from gateway import __version__
 from gateway.calls import CallRouter, CarrierSettings, Hop
 from gateway.directory import Directory, load_directory, watch_directory
+from gateway.metrics import Metrics
 from gateway.registrar import LocationService, RegistrarPolicy
 from gateway.settings import GatewaySettings
 from gateway.store import Store, open_store
@@ -49,9 +51,12 @@ DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 class SIPService:
     """The transport's message handler and the router's I/O port."""
 
-    def __init__(self, transport: TransportLayer, layer: TransactionLayer) -> None:
+    def __init__(
+        self, transport: TransportLayer, layer: TransactionLayer, metrics: Metrics | None = None
+    ) -> None:
         self.transport = transport
         self.layer = layer
+        self.metrics = metrics
         self.router: CallRouter | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -69,8 +74,10 @@ class SIPService:
                 response = build_response(
                     message, error.status, error.reason, to_tag=stateless_tag(message)
                 )
-                self.transport.send_response(response, source)
+                self.send_response(response, source)
             return
+        if self.metrics is not None and isinstance(message, Request):
+            self.metrics.request_received(message.method)
         router = self.router
         if router is None:
             return
@@ -82,6 +89,8 @@ class SIPService:
         return self._loop.time()
 
     def send_response(self, response: Response, source: object) -> None:
+        if self.metrics is not None:
+            self.metrics.response_sent(response.status)
         self.transport.send_response(response, source if isinstance(source, Source) else None)
 
     def send_request(
@@ -156,6 +165,7 @@ SIP_TRANSPORT = web.AppKey("sip_transport", TransportLayer)
 SIP_SERVICE = web.AppKey("sip_service", SIPService)
 ROUTER = web.AppKey("router", CallRouter)
 ADMISSION = web.AppKey("admission", MemoryAdmission)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def _advertised(transport: TransportLayer) -> tuple[str, int]:
@@ -199,14 +209,6 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     directory: Directory = await load_directory(store)
     transport = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
     layer = TransactionLayer(sip.core)
-    service = SIPService(transport, layer)
-    try:
-        for address in sip.listen:
-            await transport.listen(address.host, address.port)
-    except BaseException:
-        await transport.close()
-        raise
-    admission = MemoryAdmission()
     registrar = LocationService(
         RegistrarPolicy(
             min_expires=settings.registrar.min_expires,
@@ -215,6 +217,17 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
             max_bindings=settings.registrar.max_bindings,
         )
     )
+    # Read at scrape time: the router's current directory, live registrations.
+    metrics = Metrics(lambda: router.directory, lambda: registrar.counts(service.now()))
+    service = SIPService(transport, layer, metrics)
+
+    try:
+        for address in sip.listen:
+            await transport.listen(address.host, address.port)
+    except BaseException:
+        await transport.close()
+        raise
+    admission = MemoryAdmission()
     router = CallRouter(
         layer=layer,
         io=service,
@@ -228,12 +241,14 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         carrier=_carrier(settings),
         own_addresses=[(listener.host, listener.port) for listener in transport.listeners],
         advertised=_advertised(transport),
+        observer=metrics,
     )
     service.router = router
     transport.handler = service
 
     def apply(new: Directory) -> None:
         router.directory = new
+        metrics.profiles_changed(entry.name for entry in new.profiles())
 
     async def sweep_registrations() -> None:
         while True:
@@ -252,6 +267,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SIP_SERVICE] = service
     app[ROUTER] = router
     app[ADMISSION] = admission
+    app[METRICS] = metrics
     yield
     for task in background:
         task.cancel()
@@ -284,6 +300,17 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus scrape: channel counts are read first (the admission
+    controller may be remote), then every metric is rendered."""
+    app = request.app
+    metrics = app[METRICS]
+    metrics.channel_counts = await app[ADMISSION].counts()
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
 def create_app(settings: GatewaySettings) -> web.Application:
     """The gateway as one aiohttp application (SIP listeners included)."""
     app = web.Application()
@@ -291,4 +318,5 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(sip_ctx)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app

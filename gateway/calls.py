@@ -66,7 +66,15 @@ from sip.transaction import (
 from sip.transport import stateless_tag
 from sip.uri import URI, parse_uri
 
-__all__ = ["Call", "CallIO", "CallRouter", "CarrierSettings", "Hop", "RouterStats"]
+__all__ = [
+    "Call",
+    "CallIO",
+    "CallRouter",
+    "CarrierSettings",
+    "Hop",
+    "RouterObserver",
+    "RouterStats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +129,27 @@ class CarrierSettings:
         return any(h == host and (p is None or p == port) for h, p in self.sources)
 
 
+class RouterObserver(Protocol):
+    """What the router reports as it happens (``gateway.metrics.Metrics``)."""
+
+    def admission(self, profile: str, result: str) -> None: ...
+
+    def auth_failure(self) -> None: ...
+
+    def call_setup_time(self, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def admission(self, profile: str, result: str) -> None:
+        pass
+
+    def auth_failure(self) -> None:
+        pass
+
+    def call_setup_time(self, seconds: float) -> None:
+        pass
+
+
 class CallIO(Protocol):
     """What the router needs from the asyncio layer."""
 
@@ -173,6 +202,8 @@ class Call:
     final_relayed: bool = False
     cancelled: bool = False
     released: bool = False
+    started: float = 0.0  # when the INVITE arrived (call setup time)
+    setup_observed: bool = False
     timers: list[Any] = field(default_factory=list)
 
 
@@ -200,6 +231,7 @@ class CallRouter:
         carrier: CarrierSettings,
         own_addresses: Iterable[tuple[str, int]],
         advertised: tuple[str, int],
+        observer: RouterObserver | None = None,
     ) -> None:
         self.layer = layer
         self.io = io
@@ -212,6 +244,7 @@ class CallRouter:
         self._own = {(h.lower().strip("[]"), p) for h, p in own_addresses}
         self._own.add((advertised[0].lower().strip("[]"), advertised[1]))
         self.stats = RouterStats()
+        self.observer: RouterObserver = observer if observer is not None else _Unobserved()
         self.calls: dict[str, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
@@ -356,6 +389,7 @@ class CallRouter:
                 return entry
             stale = not isinstance(verdict, Verified) and verdict.stale
             self.stats.auth_failures += 1
+            self.observer.auth_failure()
             break
         self.stats.auth_challenges += 1
         status = 401 if register else 407
@@ -464,7 +498,7 @@ class CallRouter:
         target: URI,
         hop: Hop,
     ) -> None:
-        call = Call(request.call_id, profile, direction, tx, pbx)
+        call = Call(request.call_id, profile, direction, tx, pbx, started=self.io.now())
         source = request.source
         assert source is not None
         call.carrier_side = hop if direction == "outbound" else Hop(*source[:3])
@@ -480,7 +514,10 @@ class CallRouter:
         result = await self.admission.acquire(
             call.profile.id, call.call_id, call.profile.channel_limit
         )
+        name = call.profile.name
         if not isinstance(result, Admitted):
+            self.observer.admission(name, result.reason.value)
+            self._observe_setup(call)
             call.released = True  # it never held a channel
             self._finish(call)
             if result.reason is not RejectReason.CHANNEL_LIMIT:
@@ -500,6 +537,7 @@ class CallRouter:
             )
             return
         self.stats.calls_admitted += 1
+        self.observer.admission(name, "admitted")
         if call.cancelled:
             self._respond(call.server_tx, request, 487)
             self._release(call)
@@ -591,6 +629,8 @@ class CallRouter:
         except (ProxyError, ParseError):
             return
         call = relay.call
+        if relay.initial_invite and call is not None:
+            self._observe_setup(call)
         if relay.initial_invite and call is not None and status >= 200:
             first_final = not call.final_relayed
             call.final_relayed = True
@@ -603,6 +643,12 @@ class CallRouter:
             elif first_final:
                 self._release(call)
         self._send(relay.server_tx, response)
+
+    def _observe_setup(self, call: Call) -> None:
+        """Call setup time: INVITE in → first ringing, answer or final out."""
+        if not call.setup_observed:
+            call.setup_observed = True
+            self.observer.call_setup_time(self.io.now() - call.started)
 
     def _expect_ack(self, call: Call) -> None:
         """A 2xx never acknowledged frees its channel (RFC 3261 §13.3.1.4:

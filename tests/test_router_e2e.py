@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sip.digest import authorize
 from sip.message import Message, Request, Response
@@ -399,3 +401,85 @@ def test_unknown_username_gets_the_same_answer_as_a_wrong_password(setup: Setup)
         (c.scheme, c.realm, c.algorithm, c.qop_options, c.stale) for c in wrong.www_authenticate
     ]
     assert right.status == 200  # and the right password does register
+
+
+def scrape(setup: Setup) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics``, as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(setup.gateway.http_url + "/metrics", timeout=5) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def answers(cseq: int) -> Callable[[Message], bool]:
+    """Matches the response to the request with this CSeq number."""
+    return lambda m: isinstance(m, Response) and m.cseq.number == cseq
+
+
+def test_metrics_follow_a_call_and_a_registration(setup: Setup) -> None:
+    pbx, carrier = setup.pbx, setup.carrier
+    channels = ("sipgw_channels_in_use", (("profile", "pbx"),))
+    before = scrape(setup)
+    assert before[channels] == 0
+    assert before[("sipgw_channel_limit", (("profile", "pbx"),))] == 300
+    assert before[("sipgw_registrations", (("profile", "reg"),))] == 0
+    # A call: INVITE, 200, ACK, BYE.
+    pbx.send(setup.invite("metrics-1"), setup.sip)
+    invite = carrier.request("INVITE")
+    carrier.send(answer(invite, 180), setup.sip)
+    pbx.response(180, "INVITE")
+    carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
+    ok = pbx.response(200, "INVITE")
+    during = scrape(setup)
+    assert during[channels] == 1
+    admitted = ("sipgw_admissions_total", (("profile", "pbx"), ("result", "admitted")))
+    assert during[admitted] == 1
+    assert during[("sipgw_call_setup_seconds_count", ())] == 1
+    host, port = setup.sip
+    pbx.send(
+        f"BYE sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\n"
+        f"Via: {pbx.via}\r\nRoute: <sip:{host}:{port};lr>\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:pbx@{pbx.host}>;tag=caller\r\nTo: {ok.headers.get('to')}\r\n"
+        "Call-ID: metrics-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        setup.sip,
+    )
+    bye = carrier.request("BYE")
+    carrier.send(answer(bye, 200), setup.sip)
+    pbx.response(200, "BYE")
+    setup.wait_channels(0)
+    # A wrong password, then the right one, for the registration profile.
+    peer = Peer(setup.pbx.host, free_port(setup.pbx.host))
+    uri = f"sip:{host}:{port}"
+    try:
+        for cseq, password in ((1, "wrong"), (3, setup.reg["password"])):
+            register = (
+                f"REGISTER {uri} SIP/2.0\r\nVia: {{}}\r\nMax-Forwards: 70\r\n"
+                f"From: <sip:r@{host}>;tag=m\r\nTo: <sip:r@{host}>\r\nCall-ID: metrics-reg\r\n"
+                f"CSeq: {{}} REGISTER\r\nContact: {peer.contact}\r\n{{}}Content-Length: 0\r\n\r\n"
+            )
+            peer.send(register.format(peer.via, cseq, ""), setup.sip)
+            challenge = peer.response(401, "REGISTER").www_authenticate[0]
+            credentials = authorize(
+                challenge, username=setup.reg["sip_username"], password=password,
+                method="REGISTER", uri=uri, cnonce="c0ffee",
+            )  # fmt: skip
+            authorization = f"Authorization: {credentials}\r\n"
+            peer.send(register.format(peer.via, cseq + 1, authorization), setup.sip)
+            peer.expect(answers(cseq + 1))
+    finally:
+        peer.close()
+    after = scrape(setup)
+    assert after[channels] == 0
+    assert after[admitted] == 1
+    assert after[("sipgw_auth_failures_total", ())] >= 1
+    assert after[("sipgw_registrations", (("profile", "reg"),))] == 1
+    assert after[("sipgw_sip_requests_received_total", (("method", "INVITE"),))] >= 1
+    assert after[("sipgw_sip_requests_received_total", (("method", "BYE"),))] >= 1
+    assert after[("sipgw_sip_responses_sent_total", (("code", "180"),))] >= 1
+    # No Call-ID, number or address ever becomes a label value.
+    labels = {value for _, pairs in after for _, value in pairs}
+    assert not any("metrics-1" in v or NUMBER in v or host in v for v in labels)
