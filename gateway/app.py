@@ -242,6 +242,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         own_addresses=[(listener.host, listener.port) for listener in transport.listeners],
         advertised=_advertised(transport),
         observer=metrics,
+        max_call_duration=settings.calls.max_call_duration,
     )
     service.router = router
     transport.handler = service

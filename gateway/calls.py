@@ -98,6 +98,8 @@ SUPPORTED_URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 ACCEPTED_BODIES = ("application/sdp",)
 #: Option tags we support (none yet; RFC 3261 §8.2.2.3, §16.3 step 5).
 SUPPORTED_OPTION_TAGS: frozenset[str] = frozenset()
+#: Calls whose end the gateway never sees are cut after this (seconds).
+DEFAULT_MAX_CALL_DURATION = 4 * 3600.0
 #: Warning text of a 503 for a full profile (RFC 3261 §20.43, code 399: miscellaneous).
 CHANNEL_LIMIT_TEXT = "Channel limit reached"
 
@@ -203,6 +205,15 @@ class Call:
     cancelled: bool = False
     released: bool = False
     started: float = 0.0  # when the INVITE arrived (call setup time)
+    # The dialog as each side knows it, for the BYEs the gateway itself
+    # sends (RFC 3261 §12.2.1.1, §15.1.1): From/To with tags as the caller
+    # sent them, each side's remote target and highest CSeq seen.
+    caller_from: str = ""
+    callee_to: str = ""
+    caller_contact: URI | None = None
+    callee_contact: URI | None = None
+    caller_cseq: int = 0
+    callee_cseq: int = 0
     setup_observed: bool = False
     timers: list[Any] = field(default_factory=list)
 
@@ -232,6 +243,7 @@ class CallRouter:
         own_addresses: Iterable[tuple[str, int]],
         advertised: tuple[str, int],
         observer: RouterObserver | None = None,
+        max_call_duration: float = DEFAULT_MAX_CALL_DURATION,
     ) -> None:
         self.layer = layer
         self.io = io
@@ -245,6 +257,7 @@ class CallRouter:
         self._own.add((advertised[0].lower().strip("[]"), advertised[1]))
         self.stats = RouterStats()
         self.observer: RouterObserver = observer if observer is not None else _Unobserved()
+        self.max_call_duration = max_call_duration
         self.calls: dict[str, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
@@ -502,6 +515,9 @@ class CallRouter:
         source = request.source
         assert source is not None
         call.carrier_side = hop if direction == "outbound" else Hop(*source[:3])
+        call.caller_from = request.headers.get("from") or ""
+        call.caller_contact = _contact_uri(request)
+        call.caller_cseq = request.cseq.number
         if direction == "inbound":
             call.carrier_contact = _contact_uri(request)
         # Registered before the (possibly asynchronous) admission, so that a
@@ -639,7 +655,15 @@ class CallRouter:
                 if call.direction == "outbound" and call.carrier_contact is None:
                     call.carrier_contact = _contact_uri(response)
                 if first_final:
+                    call.callee_to = response.headers.get("to") or ""
+                    call.callee_contact = _contact_uri(response)
                     self._expect_ack(call)
+                    call.timers.append(
+                        self.io.call_at(
+                            self.io.now() + self.max_call_duration,
+                            lambda: self._end_call(call, "Maximum call duration"),
+                        )
+                    )
             elif first_final:
                 self._release(call)
         self._send(relay.server_tx, response)
@@ -689,19 +713,66 @@ class CallRouter:
     def _dialog_call(self, request: Request) -> Call | None:
         return self.calls.get(request.call_id)
 
+    def _from_pbx(self, request: Request, call: Call) -> bool:
+        """Whether an in-dialog request comes from the profile's PBX (else
+        from the carrier side)."""
+        source = request.source
+        assert source is not None
+        host, port = source[1].lower(), source[2]
+        if call.direction == "outbound":
+            return (host, port) == (call.pbx.host.lower(), call.pbx.port)
+        return not self.carrier.trusts(host, port)
+
+    def _from_caller(self, request: Request, call: Call) -> bool:
+        return self._from_pbx(request, call) == (call.direction == "outbound")
+
+    def _end_call(self, call: Call, why: str) -> None:
+        """End a call ourselves: BYE to both sides (RFC 3261 §15.1.1, with a
+        Reason, RFC 3326) and free the channel."""
+        if call.released or not call.answered or call.invite_hop is None:
+            return
+        logger.info("call %s: %s, sending BYE to both sides", call.call_id, why)
+        caller_hop = call.pbx if call.direction == "outbound" else call.carrier_side
+        legs = (
+            (
+                call.callee_contact,
+                call.caller_from,
+                call.callee_to,
+                call.caller_cseq,
+                call.invite_hop,
+            ),
+            (call.caller_contact, call.callee_to, call.caller_from, call.callee_cseq, caller_hop),
+        )
+        for target, from_, to, cseq, hop in legs:
+            if target is None or hop is None:
+                continue
+            bye = Request("BYE", target)
+            for name, value in (
+                ("From", from_),
+                ("To", to),
+                ("Call-ID", call.call_id),
+                ("CSeq", f"{cseq + 1} BYE"),
+                ("Max-Forwards", "70"),
+                ("Reason", f'SIP;cause=200;text="{why}"'),
+                ("Content-Length", "0"),
+            ):
+                bye.headers.add(name, value)
+            bye.push_via(self._via(bye, hop.transport))
+            try:
+                _, actions = self.layer.send_request(
+                    bye, hop, self.io.now(), reliable=hop.transport == "TCP"
+                )
+            except TransactionError:
+                continue
+            self.run(actions)
+        self._release(call)
+
     def _next_hop(self, request: Request, call: Call) -> Hop:
         """Towards the PBX: the flow we know (RFC 3581, NAT).  Towards the
         carrier: the next Route, else the Request-URI; a peer that ignored
         our Record-Route and addressed the gateway itself gets the carrier
         side of the call."""
-        source = request.source
-        assert source is not None
-        host, port = source[1].lower(), source[2]
-        if call.direction == "outbound":
-            from_pbx = (host, port) == (call.pbx.host.lower(), call.pbx.port)
-        else:
-            from_pbx = not self.carrier.trusts(host, port)
-        if not from_pbx:
+        if not self._from_pbx(request, call):
             return call.pbx
         routes = request.routes
         uri = routes[0].uri if routes else request.uri
@@ -721,6 +792,10 @@ class CallRouter:
         if request.max_forwards == 0:
             self._respond(tx, request, 483)
             return
+        if self._from_caller(request, call):
+            call.caller_cseq = max(call.caller_cseq, request.cseq.number)
+        else:
+            call.callee_cseq = max(call.callee_cseq, request.cseq.number)
         pop_own_routes(request, self._is_own_uri)
         hop = self._next_hop(request, call)
         forwarded = forward_request(request, via=self._via(request, hop.transport))

@@ -483,3 +483,51 @@ def test_metrics_follow_a_call_and_a_registration(setup: Setup) -> None:
     # No Call-ID, number or address ever becomes a label value.
     labels = {value for _, pairs in after for _, value in pairs}
     assert not any("metrics-1" in v or NUMBER in v or host in v for v in labels)
+
+
+def test_maximum_call_duration_ends_the_call_on_both_sides(gateway_home: GatewayHome) -> None:
+    """A call whose end is never seen is cut: BYE to both sides with a
+    Reason (RFC 3326), and its channel comes back."""
+    net = random_loopback_block()
+    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
+    carrier = Peer(net.carrier, free_port(net.carrier))
+    reg = ip_profile_home(gateway_home, (pbx.host, pbx.port))
+    gateway = gateway_home.serve(
+        host=net.gateway,
+        carrier=(carrier.host, carrier.port),
+        carrier_sources=[carrier.host],
+        # [calls] follows the [sip] keys in the generated config.
+        sip_config=f"t1 = {T1}\n[calls]\nmax_call_duration = 1.0",
+    )
+    setup = Setup(gateway, gateway.sip, pbx, carrier, reg)
+    try:
+        pbx.send(setup.invite("long-1"), setup.sip)
+        invite = carrier.request("INVITE")
+        carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
+        ok = pbx.response(200, "INVITE")
+        host, port = setup.sip
+        pbx.send(
+            f"ACK sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\nVia: {pbx.via}\r\n"
+            f"Route: <sip:{host}:{port};lr>\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:pbx@{pbx.host}>;tag=caller\r\nTo: {ok.headers.get('to')}\r\n"
+            "Call-ID: long-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            setup.sip,
+        )
+        carrier.request("ACK")
+        assert setup.channels() == 1
+        to_carrier = carrier.request("BYE", timeout=5)
+        to_pbx = pbx.request("BYE", timeout=5)
+        for bye, peer in ((to_carrier, carrier), (to_pbx, pbx)):
+            assert bye.call_id == "long-1"
+            assert "Maximum call duration" in (bye.headers.get("reason") or "")
+            peer.send(answer(bye, 200), setup.sip)
+        # Each side sees the other's dialog identifiers the right way round.
+        assert (to_carrier.from_.tag, to_carrier.to.tag) == ("caller", "callee")
+        assert (to_pbx.from_.tag, to_pbx.to.tag) == ("callee", "caller")
+        assert to_carrier.cseq.number == 2  # above the caller's INVITE (1)
+        assert to_carrier.uri_text == f"sip:peer@{carrier.host}:{carrier.port}"
+        assert to_pbx.uri_text == f"sip:peer@{pbx.host}:{pbx.port}"
+        setup.wait_channels(0)
+    finally:
+        pbx.close()
+        carrier.close()
