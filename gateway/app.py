@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from admission import MemoryAdmission
+from admission import AdmissionController, MemoryAdmission, RedisAdmission
 from gateway import __version__
 from gateway.calls import CallRouter, CarrierSettings, Hop
 from gateway.directory import Directory, load_directory, watch_directory
@@ -164,7 +164,7 @@ STORE = web.AppKey("store", Store)
 SIP_TRANSPORT = web.AppKey("sip_transport", TransportLayer)
 SIP_SERVICE = web.AppKey("sip_service", SIPService)
 ROUTER = web.AppKey("router", CallRouter)
-ADMISSION = web.AppKey("admission", MemoryAdmission)
+ADMISSION = web.AppKey("admission", AdmissionController)
 METRICS = web.AppKey("metrics", Metrics)
 
 
@@ -177,6 +177,17 @@ def _advertised(transport: TransportLayer) -> tuple[str, int]:
             return listener.host, listener.port
     first = listeners[0]
     return socket.gethostbyname(socket.gethostname()), first.port
+
+
+def _admission(settings: GatewaySettings) -> AdmissionController:
+    """The configured admission backend: this process alone (memory) or
+    every node sharing one Redis."""
+    config = settings.admission
+    if config.backend == "redis":
+        return RedisAdmission(
+            config.redis_url, prefix=config.key_prefix, lease_seconds=config.lease_seconds
+        )
+    return MemoryAdmission()
 
 
 def _carrier(settings: GatewaySettings) -> CarrierSettings:
@@ -227,7 +238,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await transport.close()
         raise
-    admission = MemoryAdmission()
+    admission = _admission(settings)
     router = CallRouter(
         layer=layer,
         io=service,

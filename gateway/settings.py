@@ -29,6 +29,7 @@ from sip.transport import MAX_TCP_CONNECTIONS
 from sip.uri import URI, parse_uri
 
 __all__ = [
+    "ADMISSION_BACKENDS",
     "CARRIER_TRANSPORTS",
     "DATABASE_DRIVERS",
     "DEFAULT_DATABASE",
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_SIP_LISTEN",
     "LOG_LEVELS",
     "SECRET_KEY_ENV",
+    "AdmissionSettings",
     "CallSettings",
     "CarrierSettings",
     "CarrierSource",
@@ -300,6 +302,47 @@ class CallSettings:
     max_call_duration: float = 14400.0
 
 
+ADMISSION_BACKENDS = ("memory", "redis")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# A crashed node's channels come back within the lease (issue 4: ≤ 90 s).
+MAX_LEASE_SECONDS = 90.0
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionSettings:
+    """The ``[admission]`` section: where channel counts live."""
+
+    backend: str = "memory"
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = "sipgw:"
+    lease_seconds: float = 60.0
+
+
+def _admission_section(data: Mapping[str, Any]) -> AdmissionSettings:
+    keys = ("backend", "redis_url", "key_prefix", "lease_seconds")
+    section = _section(data, "admission", keys)
+    backend = section.get("backend", "memory")
+    if backend not in ADMISSION_BACKENDS:
+        choices = ", ".join(ADMISSION_BACKENDS)
+        raise ConfigError("admission.backend", f"must be one of {choices}, got {_show(backend)}")
+    redis_url = section.get("redis_url", DEFAULT_REDIS_URL)
+    if not isinstance(redis_url, str) or not redis_url.startswith(_REDIS_SCHEMES):
+        problem = f"must be a redis://, rediss:// or unix:// URL, got {_show(redis_url)}"
+        raise ConfigError("admission.redis_url", problem)
+    prefix = section.get("key_prefix", "sipgw:")
+    if not isinstance(prefix, str) or not prefix or not prefix.isprintable() or " " in prefix:
+        raise ConfigError(
+            "admission.key_prefix", f"must be printable, without spaces, got {_show(prefix)}"
+        )
+    lease = _seconds(section, "lease_seconds", 60.0, "admission")
+    if lease > MAX_LEASE_SECONDS:
+        raise ConfigError("admission.lease_seconds", f"must be at most {MAX_LEASE_SECONDS:g}")
+    return AdmissionSettings(
+        backend=backend, redis_url=redis_url, key_prefix=prefix, lease_seconds=lease
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewaySettings:
     """Everything the gateway is configured with."""
@@ -311,6 +354,7 @@ class GatewaySettings:
     carrier: CarrierSettings = field(default_factory=CarrierSettings)
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     calls: CallSettings = field(default_factory=CallSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def with_overrides(
         self,
@@ -613,7 +657,7 @@ def _registrar_section(data: Mapping[str, Any]) -> RegistrarSettings:
 
 def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
     """Settings from a parsed TOML document (or any mapping of the same shape)."""
-    known = ("sip", "http", "log", "store", "carrier", "registrar", "calls")
+    known = ("sip", "http", "log", "store", "carrier", "registrar", "calls", "admission")
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(unknown[0], f"unknown section (known: {', '.join(known)})")
@@ -636,6 +680,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
         carrier=_carrier_section(data),
         registrar=_registrar_section(data),
         calls=calls,
+        admission=_admission_section(data),
     )
 
 

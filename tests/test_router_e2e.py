@@ -13,6 +13,7 @@ easily, with plain UDP sockets playing the PBX and the carrier:
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.request
@@ -35,6 +36,7 @@ from tests.conftest import (
 )
 
 NUMBER = "+14155550123"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 WAIT = 3.0  # seconds a peer waits for one message
 T1 = 0.05  # Timer B/H = 64*T1 = 3.2 s
 
@@ -531,3 +533,56 @@ def test_maximum_call_duration_ends_the_call_on_both_sides(gateway_home: Gateway
     finally:
         pbx.close()
         carrier.close()
+
+
+def test_a_call_with_the_redis_admission_backend(gateway_home: GatewayHome) -> None:
+    """admission.backend = "redis": the channel is counted in Redis (seen by
+    /healthz and /metrics through the backend) and freed there."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+    prefix = f"sipgw-test-{uuid.uuid4().hex[:12]}:"
+    net = random_loopback_block()
+    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
+    carrier = Peer(net.carrier, free_port(net.carrier))
+    reg = ip_profile_home(gateway_home, (pbx.host, pbx.port))
+    gateway = gateway_home.serve(
+        host=net.gateway,
+        carrier=(carrier.host, carrier.port),
+        carrier_sources=[carrier.host],
+        sip_config=(
+            f'[admission]\nbackend = "redis"\nredis_url = "{REDIS_URL}"\n'
+            f'key_prefix = "{prefix}"\nlease_seconds = 30.0'
+        ),
+    )
+    setup = Setup(gateway, gateway.sip, pbx, carrier, reg)
+    try:
+        pbx.send(setup.invite("redis-1"), setup.sip)
+        invite = carrier.request("INVITE")
+        carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
+        ok = pbx.response(200, "INVITE")
+        assert setup.channels() == 1
+        assert client.keys(prefix + "*"), "the channel lives in Redis"
+        host, port = setup.sip
+        pbx.send(
+            f"BYE sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\nVia: {pbx.via}\r\n"
+            f"Route: <sip:{host}:{port};lr>\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:pbx@{pbx.host}>;tag=caller\r\nTo: {ok.headers.get('to')}\r\n"
+            "Call-ID: redis-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            setup.sip,
+        )
+        bye = carrier.request("BYE")
+        carrier.send(answer(bye, 200), setup.sip)
+        pbx.response(200, "BYE")
+        setup.wait_channels(0)
+    finally:
+        pbx.close()
+        carrier.close()
+        for key in client.scan_iter(prefix + "*"):
+            client.delete(key)
+        client.close()

@@ -430,3 +430,36 @@ def test_database_and_carrier_overrides(tmp_path: Path) -> None:
         settings.with_overrides(database="mysql://x/y")
     assert info.value.key == "--database"
     assert "unsupported driver" in str(info.value)
+
+
+def test_admission_section_defaults_and_values() -> None:
+    from gateway.settings import AdmissionSettings
+
+    assert settings_from_mapping({}).admission == AdmissionSettings()
+    chosen = settings_from_mapping(
+        {"admission": {"backend": "redis", "redis_url": "redis://10.0.0.5:6380/2",
+                       "key_prefix": "east:", "lease_seconds": 30}}
+    ).admission  # fmt: skip
+    assert (chosen.backend, chosen.redis_url, chosen.key_prefix, chosen.lease_seconds) == (
+        "redis",
+        "redis://10.0.0.5:6380/2",
+        "east:",
+        30.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"backend": "etcd"}, "admission.backend"),
+        ({"redis_url": "http://x"}, "admission.redis_url"),
+        ({"key_prefix": "has space"}, "admission.key_prefix"),
+        ({"lease_seconds": 91}, "admission.lease_seconds"),
+        ({"lease_seconds": 0}, "admission.lease_seconds"),
+        ({"leases": 1}, "admission.leases"),
+    ],
+)
+def test_admission_section_errors(section: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"admission": section})
+    assert info.value.key == key
