@@ -32,6 +32,7 @@ GATEWAY_IP, CARRIER_IP, PBX_IP = "127.0.0.110", "127.0.0.130", "127.0.0.120"
 NUMBER = "+441134960000"
 RUN_TIMEOUT = 600.0  # seconds, the most one rate may take
 SOCKET_BUFFER = 4 * 1024 * 1024  # SIPp's UDP buffers, as large as the gateway's
+REDIS_URL = os.environ.get("SIPGW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOG_LEVEL = os.environ.get("SIPGW_BENCH_LOG_LEVEL", "warning")
 
 
@@ -79,10 +80,10 @@ def summary(output: str, label: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def run_rate(rate: int, calls: int, workdir: Path) -> dict[str, float]:
+def run_rate(rate: int, calls: int, workdir: Path, backend: str = "memory") -> dict[str, float]:
     env = dict(os.environ)
     env["SIPGW_SECRET_KEY"] = "cVxkB1M2cVkU3QvbzFhDPm1i8gAJ6fS0uE0GJ5q5yPY="
-    database = f"sqlite+aiosqlite:///{workdir}/rate{rate}.sqlite3"
+    database = f"sqlite+aiosqlite:///{workdir}/{backend}-{rate}.sqlite3"
     cli(env, database, "account", "create", "--name", "bench", "--email", "bench@example.test")
     profile = cli(
         env,
@@ -95,6 +96,11 @@ def run_rate(rate: int, calls: int, workdir: Path) -> dict[str, float]:
         "pbx",
         "--auth",
         "registration",
+    )
+    config = workdir / f"gateway-{backend}-{rate}.toml"
+    prefix = f"sipgw-bench-{os.getpid()}-{rate}:"
+    config.write_text(
+        f'[admission]\nbackend = "{backend}"\nredis_url = "{REDIS_URL}"\nkey_prefix = "{prefix}"\n'
     )
     sip_port, http_port = free_port(GATEWAY_IP), free_port(GATEWAY_IP)
     log = (workdir / f"gateway-{rate}.log").open("wb")
@@ -223,15 +229,20 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--calls", type=int, default=2000, help="calls per rate")
     parser.add_argument("--keep", help="directory for the databases and SIPp error logs")
+    parser.add_argument(
+        "--backend", choices=["memory", "redis"], nargs="+", default=["memory"],
+        help=f"admission backends to measure (redis: {REDIS_URL})",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sipgw-rate-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        for rate in args.rates:
-            r = run_rate(rate, args.calls, workdir)
+        for backend, rate in ((b, r) for b in args.backend for r in args.rates):
+            r = run_rate(rate, args.calls, workdir, backend)
             verdict = "ok" if r["failure_ratio"] < 0.001 else "too many failures"
             print(
-                f"offered {r['rate']:5.0f} cps: {r['successful']:.0f}/{r['calls']:.0f} successful, "
+                f"{backend:6} offered {r['rate']:5.0f} cps: "
+                f"{r['successful']:.0f}/{r['calls']:.0f} successful, "
                 f"{r['failed']:.0f} failed ({100 * r['failure_ratio']:.2f}%), "
                 f"achieved {r['achieved_cps']:.1f} cps — {verdict}",
                 flush=True,
