@@ -13,6 +13,7 @@ easily, with plain UDP sockets playing the PBX and the carrier:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -172,24 +173,55 @@ def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> dict[str, str]:
     return reg
 
 
-@pytest.fixture
-def setup(gateway_home: GatewayHome) -> Iterator[Setup]:
+TIMERS = f"t1 = {T1}\nt2 = {T1 * 8}\nt4 = {T1 * 10}"
+
+
+@contextlib.contextmanager
+def trunk(home: GatewayHome, sip_config: str = TIMERS) -> Iterator[Setup]:
+    """A gateway with an IP PBX, a registration profile and a carrier, on
+    fresh loopback addresses; ``sip_config`` goes into the config's [sip]
+    table (whole tables may follow it)."""
     net = random_loopback_block()
     pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
     carrier = Peer(net.carrier, free_port(net.carrier))
-    reg = ip_profile_home(gateway_home, (pbx.host, pbx.port))
-    gateway = gateway_home.serve(
-        host=net.gateway,
-        carrier=(carrier.host, carrier.port),
-        carrier_sources=[carrier.host],
-        sip_config=f"t1 = {T1}\nt2 = {T1 * 8}\nt4 = {T1 * 10}",
-        log_level="debug",
-    )
     try:
+        reg = ip_profile_home(home, (pbx.host, pbx.port))
+        gateway = home.serve(
+            host=net.gateway,
+            carrier=(carrier.host, carrier.port),
+            carrier_sources=[carrier.host],
+            sip_config=sip_config,
+            log_level="debug",
+        )
         yield Setup(gateway, gateway.sip, pbx, carrier, reg)
     finally:
         pbx.close()
         carrier.close()
+
+
+@pytest.fixture
+def setup(gateway_home: GatewayHome) -> Iterator[Setup]:
+    with trunk(gateway_home) as built:
+        yield built
+
+
+def from_pbx(setup: Setup, method: str, call_id: str, to: str | None, cseq: int) -> str:
+    """An in-dialog request of the PBX towards the carrier's Contact, with
+    the gateway's Record-Route as its Route (RFC 3261 §12.2.1.1)."""
+    pbx, carrier = setup.pbx, setup.carrier
+    host, port = setup.sip
+    return (
+        f"{method} sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\n"
+        f"Via: {pbx.via}\r\n"
+        f"Route: <sip:{host}:{port};lr>\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:pbx@{pbx.host}>;tag=caller\r\n"
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: {pbx.contact}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
 
 
 def test_a_loop_through_the_gateway_is_refused_with_482(gateway_home: GatewayHome) -> None:
@@ -226,22 +258,10 @@ def test_in_dialog_requests_follow_the_route_set(setup: Setup) -> None:
     ok = pbx.response(200, "INVITE")
     assert ok.headers.get("record-route") == record_route
     assert setup.channels() == 1
-    host, port = setup.sip
     to = ok.headers.get("to")
 
     def in_dialog(method: str, cseq: int) -> str:
-        return (
-            f"{method} sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\n"
-            f"Via: {pbx.via}\r\n"
-            f"Route: <sip:{host}:{port};lr>\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:pbx@{pbx.host}>;tag=caller\r\n"
-            f"To: {to}\r\n"
-            "Call-ID: dialog-1\r\n"
-            f"CSeq: {cseq} {method}\r\n"
-            f"Contact: {pbx.contact}\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
+        return from_pbx(setup, method, "dialog-1", to, cseq)
 
     pbx.send(in_dialog("ACK", 1), setup.sip)
     ack = carrier.request("ACK")
@@ -442,13 +462,7 @@ def test_metrics_follow_a_call_and_a_registration(setup: Setup) -> None:
     assert during[admitted] == 1
     assert during[("sipgw_call_setup_seconds_count", ())] == 1
     host, port = setup.sip
-    pbx.send(
-        f"BYE sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\n"
-        f"Via: {pbx.via}\r\nRoute: <sip:{host}:{port};lr>\r\nMax-Forwards: 70\r\n"
-        f"From: <sip:pbx@{pbx.host}>;tag=caller\r\nTo: {ok.headers.get('to')}\r\n"
-        "Call-ID: metrics-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-        setup.sip,
-    )
+    pbx.send(from_pbx(setup, "BYE", "metrics-1", ok.headers.get("to"), 2), setup.sip)
     bye = carrier.request("BYE")
     carrier.send(answer(bye, 200), setup.sip)
     pbx.response(200, "BYE")
@@ -490,31 +504,14 @@ def test_metrics_follow_a_call_and_a_registration(setup: Setup) -> None:
 def test_maximum_call_duration_ends_the_call_on_both_sides(gateway_home: GatewayHome) -> None:
     """A call whose end is never seen is cut: BYE to both sides with a
     Reason (RFC 3326), and its channel comes back."""
-    net = random_loopback_block()
-    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
-    carrier = Peer(net.carrier, free_port(net.carrier))
-    reg = ip_profile_home(gateway_home, (pbx.host, pbx.port))
-    gateway = gateway_home.serve(
-        host=net.gateway,
-        carrier=(carrier.host, carrier.port),
-        carrier_sources=[carrier.host],
-        # [calls] follows the [sip] keys in the generated config.
-        sip_config=f"t1 = {T1}\n[calls]\nmax_call_duration = 1.0",
-    )
-    setup = Setup(gateway, gateway.sip, pbx, carrier, reg)
-    try:
+    # [calls] follows the [sip] keys in the generated config.
+    with trunk(gateway_home, f"t1 = {T1}\n[calls]\nmax_call_duration = 1.0") as setup:
+        pbx, carrier = setup.pbx, setup.carrier
         pbx.send(setup.invite("long-1"), setup.sip)
         invite = carrier.request("INVITE")
         carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
         ok = pbx.response(200, "INVITE")
-        host, port = setup.sip
-        pbx.send(
-            f"ACK sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\nVia: {pbx.via}\r\n"
-            f"Route: <sip:{host}:{port};lr>\r\nMax-Forwards: 70\r\n"
-            f"From: <sip:pbx@{pbx.host}>;tag=caller\r\nTo: {ok.headers.get('to')}\r\n"
-            "Call-ID: long-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-            setup.sip,
-        )
+        pbx.send(from_pbx(setup, "ACK", "long-1", ok.headers.get("to"), 1), setup.sip)
         carrier.request("ACK")
         assert setup.channels() == 1
         to_carrier = carrier.request("BYE", timeout=5)
@@ -530,9 +527,6 @@ def test_maximum_call_duration_ends_the_call_on_both_sides(gateway_home: Gateway
         assert to_carrier.uri_text == f"sip:peer@{carrier.host}:{carrier.port}"
         assert to_pbx.uri_text == f"sip:peer@{pbx.host}:{pbx.port}"
         setup.wait_channels(0)
-    finally:
-        pbx.close()
-        carrier.close()
 
 
 def test_a_call_with_the_redis_admission_backend(gateway_home: GatewayHome) -> None:
@@ -547,42 +541,25 @@ def test_a_call_with_the_redis_admission_backend(gateway_home: GatewayHome) -> N
             pytest.fail(f"Redis is not reachable at {REDIS_URL}")
         pytest.skip(f"Redis is not reachable at {REDIS_URL}")
     prefix = f"sipgw-test-{uuid.uuid4().hex[:12]}:"
-    net = random_loopback_block()
-    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
-    carrier = Peer(net.carrier, free_port(net.carrier))
-    reg = ip_profile_home(gateway_home, (pbx.host, pbx.port))
-    gateway = gateway_home.serve(
-        host=net.gateway,
-        carrier=(carrier.host, carrier.port),
-        carrier_sources=[carrier.host],
-        sip_config=(
-            f'[admission]\nbackend = "redis"\nredis_url = "{REDIS_URL}"\n'
-            f'key_prefix = "{prefix}"\nlease_seconds = 30.0'
-        ),
+    config = (
+        f'[admission]\nbackend = "redis"\nredis_url = "{REDIS_URL}"\n'
+        f'key_prefix = "{prefix}"\nlease_seconds = 30.0'
     )
-    setup = Setup(gateway, gateway.sip, pbx, carrier, reg)
     try:
-        pbx.send(setup.invite("redis-1"), setup.sip)
-        invite = carrier.request("INVITE")
-        carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
-        ok = pbx.response(200, "INVITE")
-        assert setup.channels() == 1
-        assert client.keys(prefix + "*"), "the channel lives in Redis"
-        host, port = setup.sip
-        pbx.send(
-            f"BYE sip:peer@{carrier.host}:{carrier.port} SIP/2.0\r\nVia: {pbx.via}\r\n"
-            f"Route: <sip:{host}:{port};lr>\r\nMax-Forwards: 70\r\n"
-            f"From: <sip:pbx@{pbx.host}>;tag=caller\r\nTo: {ok.headers.get('to')}\r\n"
-            "Call-ID: redis-1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-            setup.sip,
-        )
-        bye = carrier.request("BYE")
-        carrier.send(answer(bye, 200), setup.sip)
-        pbx.response(200, "BYE")
-        setup.wait_channels(0)
+        with trunk(gateway_home, config) as setup:
+            pbx, carrier = setup.pbx, setup.carrier
+            pbx.send(setup.invite("redis-1"), setup.sip)
+            invite = carrier.request("INVITE")
+            carrier.send(answer(invite, 200, contact=carrier.contact), setup.sip)
+            ok = pbx.response(200, "INVITE")
+            assert setup.channels() == 1
+            assert client.keys(prefix + "*"), "the channel lives in Redis"
+            pbx.send(from_pbx(setup, "BYE", "redis-1", ok.headers.get("to"), 2), setup.sip)
+            bye = carrier.request("BYE")
+            carrier.send(answer(bye, 200), setup.sip)
+            pbx.response(200, "BYE")
+            setup.wait_channels(0)
     finally:
-        pbx.close()
-        carrier.close()
         for key in client.scan_iter(prefix + "*"):
             client.delete(key)
         client.close()
