@@ -10,15 +10,23 @@ cluster-wide, 700 refused with 503, and every channel is free afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayHome, free_port, random_loopback_block
+from tests.conftest import (
+    GatewayHome,
+    LoopbackBlock,
+    ServedGateway,
+    free_port,
+    random_loopback_block,
+)
 from tests.sipp import Sipp, SippLauncher
 from tests.test_store import postgres_url  # noqa: F401 - the fixture
 
@@ -67,13 +75,52 @@ def cleanup_redis(prefix: str) -> None:
     client.close()
 
 
-def test_a_burst_split_across_two_nodes_admits_exactly_the_limit(
-    tmp_path: Path,
-    postgres_url: str,  # noqa: F811 - the imported fixture
-    sipp: SippLauncher,
-) -> None:
+LEASE = 3.0  # seconds: a dead node's channels must be back within this
+
+
+@dataclass
+class Cluster:
+    """Two nodes on one database and one Redis, a registration profile and
+    the carrier's address."""
+
+    net: LoopbackBlock
+    name: str  # the profile's name
+    profile: dict[str, str]
+    nodes: list[ServedGateway] = field(default_factory=list)
+
+    def channels(self, node: ServedGateway) -> int:
+        """Channels in use as ``node`` reports them (cluster-wide: from Redis)."""
+        return int(node.healthz()["channels"][self.name])
+
+    def pbx(self, index: int, node: ServedGateway, calls: int, duration_ms: int) -> Sipp:
+        """A PBX of the profile offering ``calls`` at once through ``node``."""
+        host, port = node.sip
+        return Sipp(
+            scenario="pbx_uac_auth.xml",
+            local_ip=self.net.pbx(index),
+            remote=node.sip,
+            service=NUMBER,
+            calls=calls,
+            rate=calls,
+            rate_period_ms=1000,
+            limit=calls,
+            duration_ms=duration_ms,
+            auth_user=self.profile["sip_username"],
+            auth_password=self.profile["password"],
+            auth_uri=f"{NUMBER}@{host}:{port}",
+            timeout=TIMEOUT,
+        )
+
+
+@contextlib.contextmanager
+def cluster(
+    tmp_path: Path, database_url: str, sipp: SippLauncher, *, lease: float
+) -> Iterator[Cluster]:
+    """Two ``sipgw serve`` nodes sharing ``database_url`` and Redis (leases
+    of ``lease`` seconds), with a SIPp carrier answering; all stopped and
+    the Redis keys removed afterwards."""
     require_redis()
-    home = ClusterHome(tmp_path / "home", url=postgres_url)
+    home = ClusterHome(tmp_path / "home", url=database_url)
     home.directory.mkdir()
     prefix = f"sipgw-cluster-{uuid.uuid4().hex[:12]}:"
     try:
@@ -87,18 +134,19 @@ def test_a_burst_split_across_two_nodes_admits_exactly_the_limit(
         carrier_port = free_port(net.carrier)
         admission = (
             f'[admission]\nbackend = "redis"\nredis_url = "{REDIS_URL}"\n'
-            f'key_prefix = "{prefix}"\nlease_seconds = 30.0'
+            f'key_prefix = "{prefix}"\nlease_seconds = {lease}'
         )
-        nodes = [
-            home.serve(
-                host=host,
-                carrier=(net.carrier, carrier_port),
-                carrier_sources=[net.carrier],
-                sip_config=admission,
+        built = Cluster(net, name, profile)
+        for host in (net.gateway, net.host(11)):
+            built.nodes.append(
+                home.serve(
+                    host=host,
+                    carrier=(net.carrier, carrier_port),
+                    carrier_sources=[net.carrier],
+                    sip_config=admission,
+                )
             )
-            for host in (net.gateway, net.host(11))
-        ]
-        carrier = sipp.start(
+        sipp.start(
             Sipp(
                 scenario="carrier_uas.xml",
                 local_ip=net.carrier,
@@ -106,34 +154,27 @@ def test_a_burst_split_across_two_nodes_admits_exactly_the_limit(
                 timeout=TIMEOUT,
             )
         )
-        pbxs = []
-        for index, node in enumerate(nodes, start=1):
-            host, port = node.sip
-            pbxs.append(
-                sipp.start(
-                    Sipp(
-                        scenario="pbx_uac_auth.xml",
-                        local_ip=net.pbx(index),
-                        remote=node.sip,
-                        service=NUMBER,
-                        calls=PER_NODE,
-                        rate=PER_NODE,
-                        rate_period_ms=1000,
-                        limit=PER_NODE,
-                        duration_ms=CALL_MS,
-                        auth_user=profile["sip_username"],
-                        auth_password=profile["password"],
-                        auth_uri=f"{NUMBER}@{host}:{port}",
-                        timeout=TIMEOUT,
-                    ),
-                    wait_bound=False,
-                )
-            )
+        yield built
+    finally:
+        home.stop()
+        cleanup_redis(prefix)
+
+
+def test_a_burst_split_across_two_nodes_admits_exactly_the_limit(
+    tmp_path: Path,
+    postgres_url: str,  # noqa: F811 - the imported fixture
+    sipp: SippLauncher,
+) -> None:
+    with cluster(tmp_path, postgres_url, sipp, lease=30.0) as c:
+        pbxs = [
+            sipp.start(c.pbx(index, node, PER_NODE, CALL_MS), wait_bound=False)
+            for index, node in enumerate(c.nodes, start=1)
+        ]
         peak = 0
         deadline = time.monotonic() + TIMEOUT
         while any(p.running() for p in pbxs) and time.monotonic() < deadline:
             # Each node reports the cluster-wide count (read from Redis).
-            seen = [node.healthz()["channels"][name] for node in nodes]
+            seen = [c.channels(node) for node in c.nodes]
             assert seen[0] <= LIMIT and seen[1] <= LIMIT, seen
             peak = max(peak, *seen)
             time.sleep(0.1)
@@ -143,17 +184,10 @@ def test_a_burst_split_across_two_nodes_admits_exactly_the_limit(
         assert (answered, refused) == (LIMIT, 2 * PER_NODE - LIMIT), [r.explain() for r in results]
         assert all(r.counter("answered") > 0 for r in results), "both nodes admitted calls"
         assert peak == LIMIT
-        carrier.stop()
         deadline = time.monotonic() + 10
-        while any(node.healthz()["channels"][name] for node in nodes):
-            assert time.monotonic() < deadline, [node.healthz() for node in nodes]
+        while any(c.channels(node) for node in c.nodes):
+            assert time.monotonic() < deadline, [node.healthz() for node in c.nodes]
             time.sleep(0.1)
-    finally:
-        home.stop()
-        cleanup_redis(prefix)
-
-
-LEASE = 3.0  # seconds: a dead node's channels must be back within this
 
 
 def test_a_killed_node_gives_its_channels_back_within_the_lease(
@@ -164,71 +198,21 @@ def test_a_killed_node_gives_its_channels_back_within_the_lease(
     """``kill -9`` of a node with 300 calls up: its leases are no longer
     renewed, the channels come back within the lease time, and the other
     node admits up to the limit again."""
-    require_redis()
-    home = ClusterHome(tmp_path / "home", url=postgres_url)
-    home.directory.mkdir()
-    prefix = f"sipgw-cluster-{uuid.uuid4().hex[:12]}:"
-    try:
-        # The PostgreSQL database lives for the whole session: names of our own.
-        account, name = f"acme-{uuid.uuid4().hex[:8]}", f"load-{uuid.uuid4().hex[:8]}"
-        home.cli("account", "create", "--name", account, "--email", "ops@acme.example")
-        profile = home.cli_json(
-            "profile", "create", "--account", account, "--name", name, "--auth", "registration"
-        )
-        net = random_loopback_block()
-        carrier_port = free_port(net.carrier)
-        admission = (
-            f'[admission]\nbackend = "redis"\nredis_url = "{REDIS_URL}"\n'
-            f'key_prefix = "{prefix}"\nlease_seconds = {LEASE}'
-        )
-        doomed, survivor = (
-            home.serve(
-                host=host,
-                carrier=(net.carrier, carrier_port),
-                carrier_sources=[net.carrier],
-                sip_config=admission,
-            )
-            for host in (net.gateway, net.host(11))
-        )
-        sipp.start(
-            Sipp(scenario="carrier_uas.xml", local_ip=net.carrier, local_port=carrier_port,
-                 timeout=TIMEOUT)
-        )  # fmt: skip
-
-        def pbx(index: int, node_sip: tuple[str, int], duration_ms: int) -> Sipp:
-            host, port = node_sip
-            return Sipp(
-                scenario="pbx_uac_auth.xml",
-                local_ip=net.pbx(index),
-                remote=node_sip,
-                service=NUMBER,
-                calls=LIMIT,
-                rate=LIMIT,
-                rate_period_ms=1000,
-                limit=LIMIT,
-                duration_ms=duration_ms,
-                auth_user=profile["sip_username"],
-                auth_password=profile["password"],
-                auth_uri=f"{NUMBER}@{host}:{port}",
-                timeout=TIMEOUT,
-            )
-
-        first = sipp.start(pbx(1, doomed.sip, 60_000), wait_bound=False)
+    with cluster(tmp_path, postgres_url, sipp, lease=LEASE) as c:
+        doomed, survivor = c.nodes
+        first = sipp.start(c.pbx(1, doomed, LIMIT, 60_000), wait_bound=False)
         deadline = time.monotonic() + 30
-        while survivor.healthz()["channels"][name] < LIMIT:
+        while c.channels(survivor) < LIMIT:
             assert time.monotonic() < deadline, survivor.healthz()
             time.sleep(0.1)
         doomed.process.kill()  # kill -9: no release, no goodbye
         doomed.process.wait(10)
         killed_at = time.monotonic()
-        while survivor.healthz()["channels"][name]:
+        while c.channels(survivor):
             assert time.monotonic() - killed_at < LEASE + 2, survivor.healthz()
             time.sleep(0.1)
         first.kill()
-        second = sipp.start(pbx(2, survivor.sip, 1_000), wait_bound=False).wait()
+        second = sipp.start(c.pbx(2, survivor, LIMIT, 1_000), wait_bound=False).wait()
         assert (second.counter("answered"), second.counter("refused")) == (LIMIT, 0), (
             second.explain()
         )
-    finally:
-        home.stop()
-        cleanup_redis(prefix)
