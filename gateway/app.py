@@ -260,7 +260,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def apply(new: Directory) -> None:
         router.directory = new
-        metrics.profiles_changed(entry.name for entry in new.profiles())
+        metrics.profiles_changed((entry.account, entry.name) for entry in new.profiles())
 
     async def sweep_registrations() -> None:
         while True:
@@ -292,12 +292,15 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness for load balancers and operators: SIP addresses, channels
-    in use per profile, live calls and registrations."""
+    in use per profile (``{account: {profile: n}}``), live calls and
+    registrations."""
     app = request.app
     router = app[ROUTER]
     admission = app[ADMISSION]
     counts = await admission.counts()
-    channels = {entry.name: counts.get(entry.id, 0) for entry in router.directory.profiles()}
+    channels: dict[str, dict[str, int]] = {}
+    for entry in router.directory.profiles():
+        channels.setdefault(entry.account, {})[entry.name] = counts.get(entry.id, 0)
     return web.json_response(
         {
             "status": "ok",

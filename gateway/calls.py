@@ -29,6 +29,7 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from admission import AdmissionController, Admitted, RejectReason
@@ -72,6 +73,7 @@ __all__ = [
     "CallRouter",
     "CarrierSettings",
     "Hop",
+    "ReleaseReason",
     "RouterObserver",
     "RouterStats",
 ]
@@ -104,6 +106,20 @@ DEFAULT_MAX_CALL_DURATION = 4 * 3600.0
 CHANNEL_LIMIT_TEXT = "Channel limit reached"
 
 
+class ReleaseReason(StrEnum):
+    """Why a call gave its channel back (a bounded metric label)."""
+
+    BYE = "bye"  # either side hung up
+    CANCEL = "cancel"  # the caller gave up before an answer (RFC 3261 §9)
+    REJECTED = "rejected"  # a final non-2xx answer (busy, declined, ...)
+    NO_ACK = "no_ack"  # a 2xx never acknowledged (RFC 3261 §13.3.1.4)
+    TIMEOUT = "timeout"  # no final answer: Timer B or Timer C (408)
+    UNREACHABLE = "unreachable"  # the next hop could not be reached (503)
+    SESSION_EXPIRED = "session_expired"  # no session refresh (RFC 4028 §8.3)
+    MAX_DURATION = "max_duration"  # the configured maximum call duration
+    ERROR = "error"  # the gateway could not forward the INVITE (500)
+
+
 class Hop(NamedTuple):
     """Where a message goes next: transport and address."""
 
@@ -134,21 +150,26 @@ class CarrierSettings:
 class RouterObserver(Protocol):
     """What the router reports as it happens (``gateway.metrics.Metrics``)."""
 
-    def admission(self, profile: str, result: str) -> None: ...
+    def admission(self, account: str, profile: str, result: str) -> None: ...
 
     def auth_failure(self) -> None: ...
 
     def call_setup_time(self, seconds: float) -> None: ...
 
+    def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None: ...
+
 
 class _Unobserved:
-    def admission(self, profile: str, result: str) -> None:
+    def admission(self, account: str, profile: str, result: str) -> None:
         pass
 
     def auth_failure(self) -> None:
         pass
 
     def call_setup_time(self, seconds: float) -> None:
+        pass
+
+    def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None:
         pass
 
 
@@ -530,9 +551,9 @@ class CallRouter:
         result = await self.admission.acquire(
             call.profile.id, call.call_id, call.profile.channel_limit
         )
-        name = call.profile.name
+        account, name = call.profile.account, call.profile.name
         if not isinstance(result, Admitted):
-            self.observer.admission(name, result.reason.value)
+            self.observer.admission(account, name, result.reason.value)
             self._observe_setup(call)
             call.released = True  # it never held a channel
             self._finish(call)
@@ -553,10 +574,10 @@ class CallRouter:
             )
             return
         self.stats.calls_admitted += 1
-        self.observer.admission(name, "admitted")
+        self.observer.admission(account, name, "admitted")
         if call.cancelled:
             self._respond(call.server_tx, request, 487)
-            self._release(call)
+            self._release(call, ReleaseReason.CANCEL)
             return
         forwarded = forward_request(
             request,
@@ -572,7 +593,7 @@ class CallRouter:
             )
         except TransactionError as error:
             self._respond(call.server_tx, request, 500, error.reason)
-            self._release(call)
+            self._release(call, ReleaseReason.ERROR)
             return
         call.client_tx = client_tx
         self._relays[client_tx] = _Relay(call.server_tx, call, initial_invite=True)
@@ -590,7 +611,7 @@ class CallRouter:
         self._cancel_downstream(call)
         self._respond(call.server_tx, call.server_tx.request, 408)
         call.final_relayed = True
-        self._release(call)
+        self._release(call, ReleaseReason.TIMEOUT)
 
     # -- CANCEL (RFC 3261 §16.10) ----------------------------------------------
     def _on_cancel(self, tx: ServerTransaction, cancel: Request) -> None:
@@ -630,7 +651,7 @@ class CallRouter:
             return
         self._respond(call.server_tx, call.server_tx.request, 487)
         call.final_relayed = True
-        self._release(call)
+        self._release(call, ReleaseReason.CANCEL)
 
     # -- responses -------------------------------------------------------------
     def _on_response(self, tx: ClientTransaction, response: Response) -> None:
@@ -661,11 +682,14 @@ class CallRouter:
                     call.timers.append(
                         self.io.call_at(
                             self.io.now() + self.max_call_duration,
-                            lambda: self._end_call(call, "Maximum call duration"),
+                            lambda: self._end_call(
+                                call, "Maximum call duration", ReleaseReason.MAX_DURATION
+                            ),
                         )
                     )
             elif first_final:
-                self._release(call)
+                reason = ReleaseReason.CANCEL if call.cancelled else ReleaseReason.REJECTED
+                self._release(call, reason)
         self._send(relay.server_tx, response)
 
     def _observe_setup(self, call: Call) -> None:
@@ -681,7 +705,7 @@ class CallRouter:
         def check() -> None:
             if not call.confirmed and not call.released:
                 logger.info("call %s: 2xx never acknowledged, channel freed", call.call_id)
-                self._release(call)
+                self._release(call, ReleaseReason.NO_ACK)
 
         call.timers.append(self.io.call_at(self.io.now() + self.layer.settings.timer_h, check))
 
@@ -696,7 +720,7 @@ class CallRouter:
             if call.final_relayed:
                 return
             call.final_relayed = True
-            self._release(call)
+            self._release(call, ReleaseReason.TIMEOUT if timeout else ReleaseReason.UNREACHABLE)
         status = 408 if timeout else 503
         reason = "Request Timeout" if timeout else "Next hop unreachable"
         self._respond(relay.server_tx, relay.server_tx.request, status, reason)
@@ -726,7 +750,7 @@ class CallRouter:
     def _from_caller(self, request: Request, call: Call) -> bool:
         return self._from_pbx(request, call) == (call.direction == "outbound")
 
-    def _end_call(self, call: Call, why: str) -> None:
+    def _end_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
         """End a call ourselves: BYE to both sides (RFC 3261 §15.1.1, with a
         Reason, RFC 3326) and free the channel."""
         if call.released or not call.answered or call.invite_hop is None:
@@ -765,7 +789,7 @@ class CallRouter:
             except TransactionError:
                 continue
             self.run(actions)
-        self._release(call)
+        self._release(call, reason)
 
     def _next_hop(self, request: Request, call: Call) -> Hop:
         """Towards the PBX: the flow we know (RFC 3581, NAT).  Towards the
@@ -800,7 +824,7 @@ class CallRouter:
         hop = self._next_hop(request, call)
         forwarded = forward_request(request, via=self._via(request, hop.transport))
         if request.method == "BYE":
-            self._release(call)
+            self._release(call, ReleaseReason.BYE)
         try:
             client_tx, actions = self.layer.send_request(
                 forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
@@ -830,10 +854,11 @@ class CallRouter:
         self.io.send_request(forward_request(ack, via=via), hop, None)
 
     # -- channels ---------------------------------------------------------------
-    def _release(self, call: Call) -> None:
+    def _release(self, call: Call, reason: ReleaseReason) -> None:
         """Free the call's channel (once) and forget the call."""
         if not call.released:
             call.released = True
+            self.observer.channel_released(call.profile.account, call.profile.name, reason)
             self.io.spawn(self._release_channel(call.call_id))
         self._finish(call)
 

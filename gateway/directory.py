@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from gateway.models import AuthMode, DirectoryVersion, Number, Profile
+from gateway.models import Account, AuthMode, DirectoryVersion, Number, Profile
 from gateway.settings import canonical_ip
 from gateway.store import Store
 from sip.digest import ha1
@@ -76,6 +76,7 @@ class ProfileEntry:
     ip: str | None
     port: int | None
     channel_limit: int
+    account: str = ""  # the owning account's name (profile names are unique per account)
 
 
 def _number_key(number: str) -> str:
@@ -171,16 +172,22 @@ async def load_directory(store: Store) -> Directory:
         version = await session.scalar(
             select(DirectoryVersion.version).where(DirectoryVersion.id == 1)
         )
-        profiles = (await session.scalars(select(Profile).order_by(Profile.id))).all()
+        rows = (
+            await session.execute(
+                select(Profile, Account.name)
+                .join(Account, Profile.account_id == Account.id)
+                .order_by(Profile.id)
+            )
+        ).all()
         numbers = await session.execute(
             select(Number.e164, Number.profile_id).where(Number.profile_id.is_not(None))
         )
         assigned = {e164: profile_id for e164, profile_id in numbers if profile_id is not None}
-    entries = [_entry(store, profile) for profile in profiles]
+    entries = [_entry(store, profile, account) for profile, account in rows]
     return Directory(entries, assigned, version=int(version or 0))
 
 
-def _entry(store: Store, profile: Profile) -> ProfileEntry:
+def _entry(store: Store, profile: Profile, account: str) -> ProfileEntry:
     hashes: dict[str, str] = {}
     if profile.auth_mode == AuthMode.REGISTRATION:
         if profile.ha1_md5 is not None:
@@ -209,6 +216,7 @@ def _entry(store: Store, profile: Profile) -> ProfileEntry:
         ip=profile.ip_address,
         port=profile.udp_port,
         channel_limit=profile.channel_limit,
+        account=account,
     )
 
 

@@ -8,7 +8,8 @@ Two kinds, in the client_python style (docs/content/collector/custom.md):
   in use and channel limit per profile, live registrations per profile), so
   a deleted profile simply stops being reported.
 
-Label values stay bounded: profile names (one per profile), SIP methods
+Label values stay bounded: account and profile names (one pair per
+profile: names are unique within an account only), SIP methods
 (known ones, anything else is ``other``), response codes (100–699).  No
 Call-ID, number or address is ever a label.  Each application has its own
 registry, no module-level state.
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.calls import ReleaseReason
 from gateway.directory import Directory
 
 __all__ = ["ADMISSION_RESULTS", "KNOWN_METHODS", "Metrics"]
@@ -35,8 +37,12 @@ KNOWN_METHODS = frozenset(
 )  # fmt: skip
 #: Every result an admission can have, as labelled.
 ADMISSION_RESULTS = ("admitted", "channel_limit", "call_id_in_use")
+#: Every reason a channel can be given back for.
+RELEASE_REASONS = tuple(reason.value for reason in ReleaseReason)
 # Call setup (INVITE in → first ringing/answer/final out) is milliseconds on
 # a LAN and seconds through a slow carrier.
+#: The labels of every per-profile metric.
+PROFILE = ["account", "profile"]
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,21 +56,22 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         m = self._metrics
         in_use = GaugeMetricFamily(
-            "sipgw_channels_in_use", "Calls holding a channel of the profile.", labels=["profile"]
+            "sipgw_channels_in_use", "Calls holding a channel of the profile.", labels=PROFILE
         )
         limit = GaugeMetricFamily(
-            "sipgw_channel_limit", "Most concurrent calls the profile may hold.", labels=["profile"]
+            "sipgw_channel_limit", "Most concurrent calls the profile may hold.", labels=PROFILE
         )
         registered = GaugeMetricFamily(
-            "sipgw_registrations", "Live registration bindings of the profile.", labels=["profile"]
+            "sipgw_registrations", "Live registration bindings of the profile.", labels=PROFILE
         )
         counts = m.channel_counts
         registrations = m.registration_counts()
         for entry in m.directory().profiles():
-            in_use.add_metric([entry.name], counts.get(entry.id, 0))
-            limit.add_metric([entry.name], entry.channel_limit)
+            labels = [entry.account, entry.name]
+            in_use.add_metric(labels, counts.get(entry.id, 0))
+            limit.add_metric(labels, entry.channel_limit)
             if entry.auth_mode == "registration":
-                registered.add_metric([entry.name], registrations.get(entry.id, 0))
+                registered.add_metric(labels, registrations.get(entry.id, 0))
         yield in_use
         yield limit
         yield registered
@@ -92,7 +99,11 @@ class Metrics:
         )  # fmt: skip
         self.admissions = Counter(
             "sipgw_admissions", "Admission decisions for initial INVITEs.",
-            ["profile", "result"], registry=r,
+            [*PROFILE, "result"], registry=r,
+        )  # fmt: skip
+        self.releases = Counter(
+            "sipgw_channel_releases", "Channels given back, by why the call ended.",
+            [*PROFILE, "reason"], registry=r,
         )  # fmt: skip
         self.auth_failures = Counter(
             "sipgw_auth_failures",
@@ -105,7 +116,7 @@ class Metrics:
             buckets=SETUP_BUCKETS, registry=r,
         )  # fmt: skip
         r.register(_StateCollector(self))
-        self._admission_labels: set[str] = set()
+        self._profile_labels: set[tuple[str, str]] = set()
 
     # -- the router's observer -------------------------------------------------
     def request_received(self, method: str) -> None:
@@ -114,9 +125,13 @@ class Metrics:
     def response_sent(self, status: int) -> None:
         self.responses.labels(str(status)).inc()
 
-    def admission(self, profile: str, result: str) -> None:
-        self._admission_labels.add(profile)
-        self.admissions.labels(profile, result).inc()
+    def admission(self, account: str, profile: str, result: str) -> None:
+        self._profile_labels.add((account, profile))
+        self.admissions.labels(account, profile, result).inc()
+
+    def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None:
+        self._profile_labels.add((account, profile))
+        self.releases.labels(account, profile, reason.value).inc()
 
     def auth_failure(self) -> None:
         self.auth_failures.inc()
@@ -124,13 +139,18 @@ class Metrics:
     def call_setup_time(self, seconds: float) -> None:
         self.call_setup.observe(seconds)
 
-    def profiles_changed(self, names: Iterable[str]) -> None:
-        """Forget the admission label sets of profiles that no longer exist."""
+    def profiles_changed(self, names: Iterable[tuple[str, str]]) -> None:
+        """Forget the admission label sets of profiles that no longer exist
+        (``names``: the (account, profile) pairs that do)."""
         current = set(names)
-        for gone in self._admission_labels - current:
-            for result in ADMISSION_RESULTS:
-                try:
-                    self.admissions.remove(gone, result)
-                except KeyError:
-                    pass
-        self._admission_labels &= current
+        for gone in self._profile_labels - current:
+            for counter, values in (
+                (self.admissions, ADMISSION_RESULTS),
+                (self.releases, RELEASE_REASONS),
+            ):
+                for value in values:
+                    try:
+                        counter.remove(*gone, value)
+                    except KeyError:
+                        pass
+        self._profile_labels &= current

@@ -35,6 +35,7 @@ from tests.conftest import (
     free_port,
     random_loopback_block,
 )
+from tests.peers import ACCOUNT
 from tests.sipp import Sipp, SippLauncher, SippResult, TracedMessage, sipp_binary
 
 pytestmark = pytest.mark.sipp
@@ -86,7 +87,7 @@ class Trunk:
         return self.gateway.healthz()
 
     def channels(self) -> dict[str, int]:
-        channels: dict[str, int] = self.health()["channels"]
+        channels: dict[str, int] = self.health()["channels"][ACCOUNT]
         return channels
 
     def registrations(self) -> int:
@@ -145,20 +146,20 @@ def trunk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trunk]:
     try:
         # All made before `serve`: the gateway loads them at start, and no
         # test waits for it to notice a change.
-        home.cli("account", "create", "--name", "acme", "--email", "ops@acme.example")
+        home.cli("account", "create", "--name", ACCOUNT, "--email", "ops@acme.example")
         profiles: dict[str, dict[str, Any]] = {}
         for name in ("reg-register", "reg-caller", "reg-inbound"):
             profiles[name] = home.cli_json(
-                "profile", "create", "--account", "acme", "--name", name,
+                "profile", "create", "--account", ACCOUNT, "--name", name,
                 "--auth", "registration",
             )  # fmt: skip
         for name, (ip, port) in (("ip-pbx", ip_pbx), ("ip-load", load_pbx)):
             profiles[name] = home.cli_json(
-                "profile", "create", "--account", "acme", "--name", name,
+                "profile", "create", "--account", ACCOUNT, "--name", name,
                 "--auth", "ip", "--ip", ip, "--port", str(port),
             )  # fmt: skip
         assert profiles["ip-load"]["channel_limit"] == DEFAULT_CHANNEL_LIMIT
-        home.cli("number", "add", "--account", "acme", REGISTERED_PBX_NUMBER, IP_PBX_NUMBER)
+        home.cli("number", "add", "--account", ACCOUNT, REGISTERED_PBX_NUMBER, IP_PBX_NUMBER)
         home.cli("number", "assign", REGISTERED_PBX_NUMBER, "--profile", "reg-inbound")
         home.cli("number", "assign", IP_PBX_NUMBER, "--profile", "ip-pbx")
         gateway = home.serve(

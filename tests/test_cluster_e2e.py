@@ -84,13 +84,14 @@ class Cluster:
     the carrier's address."""
 
     net: LoopbackBlock
+    account: str
     name: str  # the profile's name
     profile: dict[str, str]
     nodes: list[ServedGateway] = field(default_factory=list)
 
     def channels(self, node: ServedGateway) -> int:
         """Channels in use as ``node`` reports them (cluster-wide: from Redis)."""
-        return int(node.healthz()["channels"][self.name])
+        return int(node.healthz()["channels"][self.account][self.name])
 
     def pbx(self, index: int, node: ServedGateway, calls: int, duration_ms: int) -> Sipp:
         """A PBX of the profile offering ``calls`` at once through ``node``."""
@@ -136,7 +137,7 @@ def cluster(
             f'[admission]\nbackend = "redis"\nredis_url = "{REDIS_URL}"\n'
             f'key_prefix = "{prefix}"\nlease_seconds = {lease}'
         )
-        built = Cluster(net, name, profile)
+        built = Cluster(net, account, name, profile)
         for host in (net.gateway, net.host(11)):
             built.nodes.append(
                 home.serve(
