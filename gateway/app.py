@@ -254,6 +254,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         advertised=_advertised(transport),
         observer=metrics,
         max_call_duration=settings.calls.max_call_duration,
+        min_session_expires=settings.calls.min_session_expires,
     )
     service.router = router
     transport.handler = service

@@ -48,6 +48,13 @@ from sip.proxy import (
     pop_own_routes,
     relay_response,
 )
+from sip.session_timer import (
+    MIN_SE_FLOOR,
+    SESSION_REFRESH_METHODS,
+    TooSmall,
+    apply_minimum,
+    session_expires,
+)
 from sip.transaction import (
     Action,
     ClientTransaction,
@@ -237,6 +244,7 @@ class Call:
     callee_cseq: int = 0
     setup_observed: bool = False
     timers: list[Any] = field(default_factory=list)
+    session_timer: Any = None  # RFC 4028: when the session expires unless refreshed
 
 
 @dataclass(slots=True, eq=False)
@@ -265,6 +273,7 @@ class CallRouter:
         advertised: tuple[str, int],
         observer: RouterObserver | None = None,
         max_call_duration: float = DEFAULT_MAX_CALL_DURATION,
+        min_session_expires: int = MIN_SE_FLOOR,
     ) -> None:
         self.layer = layer
         self.io = io
@@ -279,6 +288,7 @@ class CallRouter:
         self.stats = RouterStats()
         self.observer: RouterObserver = observer if observer is not None else _Unobserved()
         self.max_call_duration = max_call_duration
+        self.min_session_expires = min_session_expires
         self.calls: dict[str, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
@@ -532,6 +542,8 @@ class CallRouter:
         target: URI,
         hop: Hop,
     ) -> None:
+        if self._session_interval_refused(tx, request):
+            return
         call = Call(request.call_id, profile, direction, tx, pbx, started=self.io.now())
         source = request.source
         assert source is not None
@@ -679,6 +691,7 @@ class CallRouter:
                     call.callee_to = response.headers.get("to") or ""
                     call.callee_contact = _contact_uri(response)
                     self._expect_ack(call)
+                    self._session_refreshed(call, response)
                     call.timers.append(
                         self.io.call_at(
                             self.io.now() + self.max_call_duration,
@@ -690,7 +703,59 @@ class CallRouter:
             elif first_final:
                 reason = ReleaseReason.CANCEL if call.cancelled else ReleaseReason.REJECTED
                 self._release(call, reason)
+        elif (
+            call is not None
+            and 200 <= status < 300
+            and response.cseq.method in SESSION_REFRESH_METHODS
+        ):
+            self._session_refreshed(call, response)
         self._send(relay.server_tx, response)
+
+    # -- session timers (RFC 4028) ------------------------------------------------
+    def _session_interval_refused(self, tx: ServerTransaction, request: Request) -> bool:
+        """Apply our minimum session interval to a session refresh request
+        (RFC 4028 §8.1); True when the request was answered here (400 for a
+        malformed Session-Expires or Min-SE, 422 asking for a longer one)."""
+        try:
+            verdict = apply_minimum(request, self.min_session_expires)
+        except ParseError as error:
+            self._respond(tx, request, 400, error.reason)
+            return True
+        if isinstance(verdict, TooSmall):
+            self._respond(tx, request, 422, extra=[("Min-SE", str(verdict.min_se))])
+            return True
+        return False
+
+    def _session_refreshed(self, call: Call, response: Response) -> None:
+        """A 2xx to the INVITE or to a refresh (re-INVITE, UPDATE) states the
+        session interval; no Session-Expires means no session timer (RFC
+        4028 §8.2, §7.2).  The maximum call duration applies either way."""
+        if call.released or not call.answered:
+            return
+        try:
+            expires = session_expires(response)
+        except ParseError:
+            return  # a malformed answer changes nothing
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
+        if expires is None:
+            return
+        # Never sooner than our minimum, whatever a peer states: a session
+        # we drop is a call we stop counting.
+        interval = max(expires.interval, self.min_session_expires)
+        call.session_timer = self.io.call_at(
+            self.io.now() + interval, lambda: self._session_expired(call)
+        )
+
+    def _session_expired(self, call: Call) -> None:
+        """No refresh within the interval: the session is over.  A proxy
+        frees what it holds but must not send BYE (RFC 4028 §8.3); the user
+        agents send it (§10), and any later request of the dialog gets 481."""
+        if call.released:
+            return
+        logger.info("call %s: session expired without a refresh, channel freed", call.call_id)
+        self._release(call, ReleaseReason.SESSION_EXPIRED)
 
     def _observe_setup(self, call: Call) -> None:
         """Call setup time: INVITE in → first ringing, answer or final out."""
@@ -816,6 +881,10 @@ class CallRouter:
         if request.max_forwards == 0:
             self._respond(tx, request, 483)
             return
+        if request.method in SESSION_REFRESH_METHODS and self._session_interval_refused(
+            tx, request
+        ):
+            return
         if self._from_caller(request, call):
             call.caller_cseq = max(call.caller_cseq, request.cseq.number)
         else:
@@ -869,6 +938,9 @@ class CallRouter:
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
 

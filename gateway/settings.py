@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from sip.errors import ParseError
 from sip.headers import MAX_DELTA_SECONDS
+from sip.session_timer import MIN_SE_FLOOR
 from sip.settings import SIPSettings
 from sip.transport import MAX_TCP_CONNECTIONS
 from sip.uri import URI, parse_uri
@@ -300,6 +301,8 @@ class CallSettings:
     """The ``[calls]`` section."""
 
     max_call_duration: float = 14400.0
+    # RFC 4028 §8.1: the shortest session interval we let peers agree on.
+    min_session_expires: int = MIN_SE_FLOOR
 
 
 ADMISSION_BACKENDS = ("memory", "redis")
@@ -668,9 +671,10 @@ def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
     )
     log_section = _section(data, "log", ("level",))
     log = LogSettings(level=_log_level(log_section.get("level", "info"), "log.level"))
-    calls_section = _section(data, "calls", ("max_call_duration",))
+    calls_section = _section(data, "calls", ("max_call_duration", "min_session_expires"))
     calls = CallSettings(
-        max_call_duration=_seconds(calls_section, "max_call_duration", 14400.0, "calls")
+        max_call_duration=_seconds(calls_section, "max_call_duration", 14400.0, "calls"),
+        min_session_expires=_count(calls_section, "min_session_expires", MIN_SE_FLOOR, "calls"),
     )
     return GatewaySettings(
         sip=sip,

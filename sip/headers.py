@@ -74,6 +74,7 @@ _SPECIAL_NAMES: dict[str, str] = {
     "cseq": "CSeq",
     "www-authenticate": "WWW-Authenticate",
     "mime-version": "MIME-Version",
+    "min-se": "Min-SE",  # RFC 4028 §5
     "rack": "RAck",
     "rseq": "RSeq",
     "sip-etag": "SIP-ETag",

@@ -14,7 +14,7 @@ import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,8 +90,16 @@ class Peer:
         return f"<sip:peer@{self.host}:{self.port}>"
 
 
-def answer(request: Request, status: int, *, to_tag: str = "callee", contact: str = "") -> str:
-    """A UAS's response, echoing what RFC 3261 §8.2.6 and §12.1.1 say."""
+def answer(
+    request: Request,
+    status: int,
+    *,
+    to_tag: str = "callee",
+    contact: str = "",
+    extra: Sequence[str] = (),
+) -> str:
+    """A UAS's response, echoing what RFC 3261 §8.2.6 and §12.1.1 say;
+    ``extra``: more header lines."""
     lines = [f"SIP/2.0 {status} X"]
     lines += [f"Via: {v}" for v in request.headers.get_all("via")]
     lines += [f"Record-Route: {v}" for v in request.headers.get_all("record-route")]
@@ -106,8 +114,12 @@ def answer(request: Request, status: int, *, to_tag: str = "callee", contact: st
     ]
     if contact:
         lines.append(f"Contact: {contact}")
-    lines.append("Content-Length: 0")
+    lines += [*extra, "Content-Length: 0"]
     return "\r\n".join(lines) + "\r\n\r\n"
+
+
+def _lines(headers: Sequence[str]) -> str:
+    return "".join(f"{header}\r\n" for header in headers)
 
 
 @dataclass
@@ -127,7 +139,8 @@ class Setup:
             assert time.monotonic() < deadline, f"channels: {self.channels()} != {expected}"
             time.sleep(0.05)
 
-    def invite(self, call_id: str, *, max_forwards: int = 70) -> str:
+    def invite(self, call_id: str, *, max_forwards: int = 70, extra: Sequence[str] = ()) -> str:
+        """The PBX's INVITE to the carrier (``extra``: more header lines)."""
         host, port = self.sip
         return (
             f"INVITE sip:{NUMBER}@{host}:{port} SIP/2.0\r\n"
@@ -138,7 +151,7 @@ class Setup:
             f"Call-ID: {call_id}\r\n"
             "CSeq: 1 INVITE\r\n"
             f"Contact: {self.pbx.contact}\r\n"
-            "Content-Length: 0\r\n\r\n"
+            f"{_lines(extra)}Content-Length: 0\r\n\r\n"
         )
 
 
@@ -188,7 +201,15 @@ def trunk(home: GatewayHome, sip_config: str = TIMERS) -> Iterator[Setup]:
         carrier.close()
 
 
-def from_pbx(setup: Setup, method: str, call_id: str, to: str | None, cseq: int) -> str:
+def from_pbx(
+    setup: Setup,
+    method: str,
+    call_id: str,
+    to: str | None,
+    cseq: int,
+    *,
+    extra: Sequence[str] = (),
+) -> str:
     """An in-dialog request of the PBX towards the carrier's Contact, with
     the gateway's Record-Route as its Route (RFC 3261 §12.2.1.1)."""
     pbx, carrier = setup.pbx, setup.carrier
@@ -203,7 +224,34 @@ def from_pbx(setup: Setup, method: str, call_id: str, to: str | None, cseq: int)
         f"Call-ID: {call_id}\r\n"
         f"CSeq: {cseq} {method}\r\n"
         f"Contact: {pbx.contact}\r\n"
-        "Content-Length: 0\r\n\r\n"
+        f"{_lines(extra)}Content-Length: 0\r\n\r\n"
+    )
+
+
+def from_carrier(
+    setup: Setup,
+    method: str,
+    call_id: str,
+    callee: str | None,
+    cseq: int,
+    *,
+    extra: Sequence[str] = (),
+) -> str:
+    """An in-dialog request of the carrier (its From: ``callee``, the To of
+    its 2xx) towards the PBX's Contact, along the gateway's Record-Route."""
+    pbx, carrier = setup.pbx, setup.carrier
+    host, port = setup.sip
+    return (
+        f"{method} sip:peer@{pbx.host}:{pbx.port} SIP/2.0\r\n"
+        f"Via: {carrier.via}\r\n"
+        f"Route: <sip:{host}:{port};lr>\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: {callee}\r\n"
+        f"To: <sip:pbx@{pbx.host}>;tag=caller\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"Contact: {carrier.contact}\r\n"
+        f"{_lines(extra)}Content-Length: 0\r\n\r\n"
     )
 
 

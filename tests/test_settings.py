@@ -90,7 +90,7 @@ def test_shipped_config_names_every_key() -> None:
         "default_expires",
         "max_bindings",
     }
-    assert set(data["calls"]) == {"max_call_duration"}
+    assert set(data["calls"]) == {"max_call_duration", "min_session_expires"}
 
 
 def test_full_file(tmp_path: Path) -> None:
@@ -277,6 +277,8 @@ def test_bad_host_port(text: str, problem: str) -> None:
         ("[calls]\nmax_call_duration = 0\n", "calls.max_call_duration", "positive"),
         ("[calls]\nmax_call_duration = -1.5\n", "calls.max_call_duration", "positive"),
         ('[calls]\nmax_call_duration = "4h"\n', "calls.max_call_duration", "seconds"),
+        ("[calls]\nmin_session_expires = 0\n", "calls.min_session_expires", "positive"),
+        ("[calls]\nmin_session_expires = 90.5\n", "calls.min_session_expires", "integer"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
@@ -347,6 +349,7 @@ max_bindings = 3
 
 [calls]
 max_call_duration = 600
+min_session_expires = 120
 """,
     )
     settings = load_settings(path)
@@ -383,7 +386,7 @@ max_call_duration = 600
     assert settings.registrar == RegistrarSettings(
         min_expires=30, max_expires=7200, default_expires=600, max_bindings=3
     )
-    assert settings.calls.max_call_duration == 600.0
+    assert settings.calls == CallSettings(max_call_duration=600.0, min_session_expires=120)
     assert load_settings(path) == settings  # equal although URIs compare by identity
 
 
