@@ -55,12 +55,17 @@ __all__ = [
     "NAMING_CONVENTION",
     "SIP_USERNAME_MAX_LENGTH",
     "Account",
+    "ApiToken",
     "AuthMode",
     "Base",
+    "CallRecord",
+    "Direction",
     "DirectoryVersion",
     "Money",
     "Number",
     "Profile",
+    "Rate",
+    "TokenRole",
     "UTCDateTime",
     "utcnow",
 ]
@@ -118,6 +123,20 @@ class AuthMode(StrEnum):
 
     REGISTRATION = "registration"  # digest username + password (RFC 3261 §22)
     IP = "ip"  # the PBX's source IP address and UDP port
+
+
+class Direction(StrEnum):
+    """Which way a call went through the trunk."""
+
+    OUTBOUND = "outbound"  # PBX → carrier: charged to the profile's credit
+    INBOUND = "inbound"  # carrier → PBX, to one of the profile's numbers
+
+
+class TokenRole(StrEnum):
+    """Who an API token speaks for."""
+
+    OPERATOR = "operator"  # every account
+    ACCOUNT = "account"  # an account manager: that account only
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -226,10 +245,12 @@ class Profile(Base):
     ip_address: Mapped[str | None] = mapped_column(String(IP_MAX_LENGTH))
     udp_port: Mapped[int | None] = mapped_column(Integer)
     channel_limit: Mapped[int] = mapped_column(Integer, default=MAX_CHANNELS)
+    credit: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("account_id", "name"),
+        CheckConstraint("credit >= 0", name="credit"),
         # NULLs are distinct in a UNIQUE constraint (SQLite and PostgreSQL),
         # so registration profiles, which have neither, never collide.
         UniqueConstraint("ip_address", "udp_port"),
@@ -289,3 +310,85 @@ class DirectoryVersion(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+#: A Call-ID is unbounded in RFC 3261; longer ones are cut in call records.
+CALL_ID_MAX_LENGTH = 255
+#: Caller and callee as the Request-URI user and From user: numbers, mostly.
+PARTY_MAX_LENGTH = 128
+#: Rate prefixes are E.164 digits without the "+", at most 15.
+PREFIX_MAX_LENGTH = 15
+
+
+class CallRecord(Base):
+    """One call through the trunk, written when it ended (a CDR).
+
+    ``record_key`` is unique and chosen by the gateway node that handled
+    the call, so a batch written again after a lost commit adds nothing
+    twice (and charges nothing twice).  Records go with their profile
+    (``ON DELETE CASCADE``): deleting a profile erases its history.
+    """
+
+    __tablename__ = "call_records"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    record_key: Mapped[str] = mapped_column(String(32), unique=True)
+    profile_id: Mapped[int] = mapped_column(
+        ForeignKey("profiles.id", ondelete="CASCADE"), index=True
+    )
+    call_id: Mapped[str] = mapped_column(String(CALL_ID_MAX_LENGTH))
+    direction: Mapped[str] = mapped_column(String(8))
+    caller: Mapped[str] = mapped_column(String(PARTY_MAX_LENGTH))
+    callee: Mapped[str] = mapped_column(String(PARTY_MAX_LENGTH))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)  # answered → ended
+    final_status: Mapped[int] = mapped_column(Integer)  # the INVITE's final SIP code
+    cost: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+
+    __table_args__ = (
+        CheckConstraint("direction IN ('outbound', 'inbound')", name="direction"),
+        CheckConstraint("duration_ms >= 0", name="duration_ms"),
+        CheckConstraint("cost >= 0", name="cost"),
+        CheckConstraint("final_status BETWEEN 100 AND 699", name="final_status"),
+    )
+
+
+class Rate(Base):
+    """The price of outbound calls to numbers starting with ``prefix``
+    (E.164 digits, no "+"), per minute of talk; the longest prefix wins.
+    The empty prefix, if present, prices every other destination."""
+
+    __tablename__ = "rates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(PREFIX_MAX_LENGTH), unique=True)
+    price_per_minute: Mapped[Decimal] = mapped_column(Money())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (CheckConstraint("price_per_minute >= 0", name="price_per_minute"),)
+
+
+class ApiToken(Base):
+    """A bearer token of the REST API.  Only its SHA-256 is stored: the
+    token itself is shown once, when it is created."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "(role = 'operator' AND account_id IS NULL)"
+            " OR (role = 'account' AND account_id IS NOT NULL)",
+            name="role",
+        ),
+    )

@@ -323,17 +323,20 @@ class Store:
             yield session
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
+    async def write(self, *, bump: bool = True) -> AsyncIterator[AsyncSession]:
         """A session whose changes commit together with a directory version
-        bump, or roll back entirely if the block raises."""
+        bump, or roll back entirely if the block raises.  ``bump=False`` is
+        for writes the running gateways need not reload for (call records,
+        API tokens)."""
         async with self._write_sessions() as session, session.begin():
             yield session
-            await session.flush()
-            await session.execute(
-                update(DirectoryVersion)
-                .where(DirectoryVersion.id == 1)
-                .values(version=DirectoryVersion.version + 1)
-            )
+            if bump:
+                await session.flush()
+                await session.execute(
+                    update(DirectoryVersion)
+                    .where(DirectoryVersion.id == 1)
+                    .values(version=DirectoryVersion.version + 1)
+                )
 
     async def version(self) -> int:
         """The directory version: what the gateway polls."""

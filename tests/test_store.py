@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from cryptography.fernet import Fernet
@@ -32,7 +33,7 @@ from gateway import profiles
 from gateway.models import MAX_CHANNELS, Account, Base, Number, Profile
 from gateway.profiles import ConflictError, NotFoundError, ValidationError
 from gateway.settings import SECRET_KEY_ENV, StoreSettings
-from gateway.store import SecretKeyError, Store, StoreError, load_secret_key
+from gateway.store import SecretKeyError, Store, StoreError, alembic_config, load_secret_key
 from sip.auth import Credentials
 from sip.digest import DigestRealm, Verified, authorize, ha1
 
@@ -42,6 +43,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
 #: A PostgreSQL that does not answer within this is treated as absent.
 POSTGRES_CONNECT_TIMEOUT = 5.0
 REALM = "sipgw.test"
+#: Every table but directory_version, for emptying a shared database.
+ALL_TABLES = "api_tokens, call_records, rates, numbers, profiles, accounts"
 
 
 # ---------------------------------------------------------------------------
@@ -97,7 +100,7 @@ async def store(database_url: str, secret_key: bytes) -> AsyncIterator[Store]:
     opened = await Store.open(database_url, secret_key=secret_key, realm=REALM)
     if opened.dialect == "postgresql":  # the session's database is shared: empty it
         async with opened.engine.begin() as connection:
-            await connection.execute(text("TRUNCATE numbers, profiles, accounts RESTART IDENTITY"))
+            await connection.execute(text(f"TRUNCATE {ALL_TABLES} RESTART IDENTITY"))
     try:
         yield opened
     finally:
@@ -117,7 +120,54 @@ async def test_migration_builds_the_schema_of_the_models(store: Store) -> None:
     async with store.engine.connect() as connection:
         assert await connection.run_sync(_differences) == []
         head = await connection.scalar(text("SELECT version_num FROM alembic_version"))
-    assert head == "0001_initial"
+    assert head == "0002_credit_history_tokens"
+
+
+def _to_revision(connection: Connection, revision: str) -> None:
+    if revision.startswith("-"):
+        command.downgrade(alembic_config(connection), revision[1:])
+    else:
+        command.upgrade(alembic_config(connection), revision)
+
+
+async def test_an_existing_0001_database_is_upgraded_and_can_go_back(tmp_path: Path) -> None:
+    """A gateway's data from the first schema survives 0002: profiles get
+    a credit of 0; the downgrade removes what 0002 added."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.sqlite3"
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(_to_revision, "0001_initial")
+        await connection.execute(
+            text(
+                "INSERT INTO accounts (id, name, email, balance, created_at)"
+                " VALUES (1, 'acme', 'ops@acme.example', 50000, '2024-06-01 00:00:00')"
+            )
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO profiles (id, account_id, name, auth_mode, sip_username,"
+                " ip_address, udp_port, channel_limit, created_at) VALUES"
+                " (1, 1, 'pbx', 'ip', 'p0000000001', '192.0.2.1', 5060, 300,"
+                " '2024-06-01 00:00:00')"
+            )
+        )
+    await engine.dispose()
+    async with await Store.open(url, realm=REALM) as store:
+        async with store.read() as session:
+            profile = await session.scalar(select(Profile))
+            assert profile is not None and profile.credit == Decimal(0)
+            account = await session.scalar(select(Account))
+            assert account is not None and account.balance == Decimal(5)
+        async with store.engine.connect() as connection:
+            assert await connection.run_sync(_differences) == []
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(_to_revision, "-0001_initial")
+        columns = await connection.execute(text("PRAGMA table_info(profiles)"))
+        assert "credit" not in {row[1] for row in columns}
+        tables = await connection.execute(text("SELECT name FROM sqlite_master"))
+        assert "call_records" not in {row[0] for row in tables}
+    await engine.dispose()
 
 
 async def test_opening_again_does_not_migrate_again(store: Store, database_url: str) -> None:
