@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_SIP_LISTEN",
     "LOG_LEVELS",
     "SECRET_KEY_ENV",
+    "SMTP_SECURITY",
     "AdmissionSettings",
     "CallSettings",
     "CarrierSettings",
@@ -51,6 +52,7 @@ __all__ = [
     "LogSettings",
     "RegistrarSettings",
     "SIPServerSettings",
+    "SMTPSettings",
     "StoreSettings",
     "canonical_ip",
     "load_settings",
@@ -322,6 +324,93 @@ class AdmissionSettings:
     lease_seconds: float = 60.0
 
 
+#: How the connection to the mail server is protected: "none" (plain SMTP,
+#: RFC 5321), "starttls" (upgraded after EHLO, RFC 3207; submission port
+#: 587, RFC 6409) or "tls" (TLS from the first byte, RFC 8314 §3; port 465).
+SMTP_SECURITY = ("none", "starttls", "tls")
+DEFAULT_SMTP_FROM = "sipgw@localhost"
+# A deliberately plain addr-spec (RFC 5322 §3.4.1): an ASCII dot-atom local
+# part, "@", and a host name (no dot needed: "sipgw@localhost").  No display
+# name, comments or quoted local parts: this goes into headers and the SMTP
+# envelope (RFC 5321 §4.1.2) as it is.
+_SMTP_FROM = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
+_SMTP_KEYS = ("host", "port", "from_address", "security", "username", "password", "timeout")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SMTPSettings:
+    """The ``[smtp]`` section: the mail server that e-mails new profiles'
+    credentials to their account.  ``host`` empty (the default) means no
+    e-mail is sent.  ``username`` and ``password`` are both set (log in,
+    RFC 4954) or both empty (no login); logging in needs ``security``
+    "starttls" or "tls", so that the password never crosses the network in
+    clear.  ``timeout`` bounds one whole send, in seconds."""
+
+    host: str = ""
+    port: int = 25
+    from_address: str = DEFAULT_SMTP_FROM
+    security: str = "none"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    timeout: float = 10.0
+
+
+def _smtp_section(data: Mapping[str, Any]) -> SMTPSettings:
+    section = _section(data, "smtp", _SMTP_KEYS)
+    host = section.get("host", "")
+    if not isinstance(host, str) or (
+        host and canonical_ip(host) is None and not _HOSTNAME.match(host)
+    ):
+        raise ConfigError(
+            "smtp.host",
+            "must be an IP address or host name (the port goes in smtp.port),"
+            f" or empty for no e-mail, got {_show(host)}",
+        )
+    port = section.get("port", 25)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError("smtp.port", f"must be a number from 1 to 65535, got {_show(port)}")
+    sender = section.get("from_address", DEFAULT_SMTP_FROM)
+    if not isinstance(sender, str) or len(sender) > 254 or not _SMTP_FROM.match(sender):
+        raise ConfigError(
+            "smtp.from_address",
+            f"must be an e-mail address like sipgw@example.net, got {_show(sender)}",
+        )
+    security = section.get("security", "none")
+    if security not in SMTP_SECURITY:
+        choices = ", ".join(SMTP_SECURITY)
+        raise ConfigError("smtp.security", f"must be one of {choices}, got {_show(security)}")
+    credentials: dict[str, str] = {}
+    for name in ("username", "password"):
+        value = section.get(name, "")
+        # Control characters would corrupt the AUTH exchange (RFC 4616 §2).
+        if not isinstance(value, str) or not value.isprintable():
+            raise ConfigError(f"smtp.{name}", "must be a string of printable characters")
+        credentials[name] = value
+    username, password = credentials["username"], credentials["password"]
+    if bool(username) != bool(password):
+        missing, given = ("password", "username") if username else ("username", "password")
+        raise ConfigError(f"smtp.{missing}", f"must be set when smtp.{given} is (both or neither)")
+    if username and security == "none":
+        raise ConfigError(
+            "smtp.security",
+            'must be "starttls" or "tls" when logging in (smtp.username): the password'
+            " would cross the network in clear",
+        )
+    return SMTPSettings(
+        host=host,
+        port=port,
+        from_address=sender,
+        security=security,
+        username=username,
+        password=password,
+        timeout=_seconds(section, "timeout", 10.0, "smtp"),
+    )
+
+
 def _admission_section(data: Mapping[str, Any]) -> AdmissionSettings:
     keys = ("backend", "redis_url", "key_prefix", "lease_seconds")
     section = _section(data, "admission", keys)
@@ -358,6 +447,7 @@ class GatewaySettings:
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     calls: CallSettings = field(default_factory=CallSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    smtp: SMTPSettings = field(default_factory=SMTPSettings)
 
     def with_overrides(
         self,
@@ -660,7 +750,7 @@ def _registrar_section(data: Mapping[str, Any]) -> RegistrarSettings:
 
 def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
     """Settings from a parsed TOML document (or any mapping of the same shape)."""
-    known = ("sip", "http", "log", "store", "carrier", "registrar", "calls", "admission")
+    known = ("sip", "http", "log", "store", "carrier", "registrar", "calls", "admission", "smtp")
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(unknown[0], f"unknown section (known: {', '.join(known)})")
@@ -685,6 +775,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> GatewaySettings:
         registrar=_registrar_section(data),
         calls=calls,
         admission=_admission_section(data),
+        smtp=_smtp_section(data),
     )
 
 

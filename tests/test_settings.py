@@ -14,6 +14,7 @@ from gateway.settings import (
     GatewaySettings,
     HostPort,
     RegistrarSettings,
+    SMTPSettings,
     StoreSettings,
     load_settings,
     parse_host_port,
@@ -52,6 +53,15 @@ def test_defaults() -> None:
         min_expires=60, max_expires=3600, default_expires=3600, max_bindings=10
     )
     assert settings.calls == CallSettings(max_call_duration=14400.0)
+    assert settings.smtp == SMTPSettings(
+        host="",
+        port=25,
+        from_address="sipgw@localhost",
+        security="none",
+        username="",
+        password="",
+        timeout=10.0,
+    )
 
 
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
@@ -91,6 +101,15 @@ def test_shipped_config_names_every_key() -> None:
         "max_bindings",
     }
     assert set(data["calls"]) == {"max_call_duration", "min_session_expires"}
+    assert set(data["smtp"]) == {
+        "host",
+        "port",
+        "from_address",
+        "security",
+        "username",
+        "password",
+        "timeout",
+    }
 
 
 def test_full_file(tmp_path: Path) -> None:
@@ -279,6 +298,34 @@ def test_bad_host_port(text: str, problem: str) -> None:
         ('[calls]\nmax_call_duration = "4h"\n', "calls.max_call_duration", "seconds"),
         ("[calls]\nmin_session_expires = 0\n", "calls.min_session_expires", "positive"),
         ("[calls]\nmin_session_expires = 90.5\n", "calls.min_session_expires", "integer"),
+        ('[smtp]\nhost = "smtp.example.net:587"\n', "smtp.host", "port goes in smtp.port"),
+        ('[smtp]\nhost = "bad host"\n', "smtp.host", "IP address or host name"),
+        ("[smtp]\nhost = 25\n", "smtp.host", "IP address or host name"),
+        ("[smtp]\nport = 0\n", "smtp.port", "1 to 65535"),
+        ("[smtp]\nport = 65536\n", "smtp.port", "1 to 65535"),
+        ('[smtp]\nport = "587"\n', "smtp.port", "1 to 65535"),
+        ("[smtp]\nport = true\n", "smtp.port", "1 to 65535"),
+        ('[smtp]\nfrom_address = "sipgw"\n', "smtp.from_address", "e-mail address"),
+        ('[smtp]\nfrom_address = "a b@example.net"\n', "smtp.from_address", "e-mail address"),
+        (
+            '[smtp]\nfrom_address = "SIP gateway <gw@example.net>"\n',
+            "smtp.from_address",
+            "e-mail address",
+        ),
+        (
+            '[smtp]\nfrom_address = "gw@example.net\\r\\nBcc: x@example.net"\n',
+            "smtp.from_address",
+            "e-mail address",
+        ),
+        ('[smtp]\nsecurity = "ssl"\n', "smtp.security", "none, starttls, tls"),
+        ("[smtp]\nsecurity = true\n", "smtp.security", "none, starttls, tls"),
+        ('[smtp]\nusername = "u"\nsecurity = "tls"\n', "smtp.password", "both or neither"),
+        ('[smtp]\npassword = "p"\nsecurity = "tls"\n', "smtp.username", "both or neither"),
+        ('[smtp]\nusername = "u"\npassword = "p"\n', "smtp.security", "in clear"),
+        ("[smtp]\ntimeout = 0\n", "smtp.timeout", "positive"),
+        ('[smtp]\ntimeout = "10s"\n', "smtp.timeout", "seconds"),
+        ('[smtp]\nserver = "x"\n', "smtp.server", "unknown key"),
+        ('smtp = "smtp.example.net"\n', "smtp", "must be a table"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, key: str, problem: str) -> None:
@@ -466,3 +513,34 @@ def test_admission_section_errors(section: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         settings_from_mapping({"admission": section})
     assert info.value.key == key
+
+
+def test_smtp_section(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[smtp]
+host = "smtp.example.net"
+port = 587
+from_address = "no-reply@gw.example.net"
+security = "starttls"
+username = "gateway"
+password = "relay secret"
+timeout = 2.5
+""",
+    )
+    smtp = load_settings(path).smtp
+    assert smtp == SMTPSettings(
+        host="smtp.example.net",
+        port=587,
+        from_address="no-reply@gw.example.net",
+        security="starttls",
+        username="gateway",
+        password="relay secret",
+        timeout=2.5,
+    )
+    assert "relay secret" not in repr(smtp)  # settings get logged; the password does not
+    for host in ("192.0.2.25", "2001:db8::25", "localhost"):
+        assert settings_from_mapping({"smtp": {"host": host}}).smtp.host == host
+    implicit = settings_from_mapping({"smtp": {"host": "mx", "port": 465, "security": "tls"}})
+    assert (implicit.smtp.port, implicit.smtp.security) == (465, "tls")
