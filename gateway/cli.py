@@ -162,6 +162,22 @@ def _management_commands(commands: Any) -> None:
     show.add_argument("name", metavar="NAME", help="profile name")
     show.add_argument("--account", metavar="NAME", help="needed when several accounts use the name")
     show.set_defaults(run=_profile_show)
+    set_limit = profile_actions.add_parser(
+        "set-limit",
+        parents=[common],
+        help="change a profile's channel limit; running gateways apply it without a restart",
+    )
+    set_limit.add_argument("name", metavar="NAME", help="profile name")
+    set_limit.add_argument(
+        "limit",
+        type=_integer,
+        metavar="LIMIT",
+        help=f"concurrent calls allowed, 1-{MAX_CHANNELS}",
+    )
+    set_limit.add_argument(
+        "--account", metavar="NAME", help="needed when several accounts use the name"
+    )
+    set_limit.set_defaults(run=_profile_set_limit)
     listing = profile_actions.add_parser("list", parents=[common], help="list profiles")
     listing.add_argument("--account", metavar="NAME", help="only this account's profiles")
     listing.set_defaults(run=_profile_list)
@@ -366,6 +382,14 @@ async def _profile_show(
     view = await profiles.get_profile(store, args.name, account=args.account)
     document = profiles.profile_document(view, gateway_addresses=_gateway_addresses(settings))
     return document, _profile_text(document)
+
+
+async def _profile_set_limit(
+    store: Store, args: argparse.Namespace, settings: GatewaySettings
+) -> _Output:
+    view = await profiles.set_channel_limit(store, args.name, args.limit, account=args.account)
+    document = profiles.profile_document(view, gateway_addresses=_gateway_addresses(settings))
+    return document, _profile_text(document) + "\nchannel limit set"
 
 
 async def _profile_list(

@@ -66,6 +66,7 @@ __all__ = [
     "normalise_e164",
     "normalise_ip",
     "profile_document",
+    "set_channel_limit",
 ]
 
 #: The digest algorithms a PBX may answer with (RFC 7616 §3.3; RFC 8760 for
@@ -498,6 +499,26 @@ async def get_profile(store: Store, name: str, *, account: str | None = None) ->
     async with store.read() as session:
         row = await _find_profile(session, name, account)
         (view,) = await _profile_view(store, session, [row])
+        return view
+
+
+async def set_channel_limit(
+    store: Store, name: str, limit: int, *, account: str | None = None
+) -> ProfileView:
+    """Change how many concurrent calls profile ``name`` may hold (1 to
+    :data:`~gateway.models.MAX_CHANNELS`); ``account`` is needed when several
+    accounts have a profile of that name, as for :func:`get_profile`.
+
+    Running gateways apply it at their next directory poll, calls up
+    included: calls already up are never cut, and a limit below the current
+    use refuses new calls (503) until enough of them have ended.
+    """
+    channels = _channels(limit)
+    async with store.write() as session:  # bumps directory_version with the change
+        profile, owner = await _find_profile(session, name, account)
+        profile.channel_limit = channels
+        await session.flush()
+        (view,) = await _profile_view(store, session, [(profile, owner)])
         return view
 
 

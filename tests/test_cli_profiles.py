@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import stat
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
 
 from gateway.directory import load_directory
 from gateway.profiles import get_profile
 from gateway.settings import SECRET_KEY_ENV
 from gateway.store import Store
 from sip.digest import ha1
+from tests import test_store as shared
 from tests.conftest import (
     free_port,
     gateway_command,
@@ -399,3 +404,118 @@ def test_serve_opens_the_database_it_is_given(sipgw: Run, tmp_path: Path) -> Non
             process.wait()
     assert process.returncode == 0, log_path.read_text()
     assert "Traceback" not in log_path.read_text()
+
+
+# ---------------------------------------------------------------------------
+# profile set-limit, on SQLite and on PostgreSQL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind: a SQLite file, or a PostgreSQL database
+    created for this test and dropped after it.  Without a reachable
+    PostgreSQL the PostgreSQL half is skipped, or fails when ``CI`` is set."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/limits.sqlite3"
+        return
+    name = f"sipgw_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(shared._admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        message = f"PostgreSQL at {shared.POSTGRES_ADMIN_URL} is not usable: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    url = make_url(shared.POSTGRES_ADMIN_URL).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(shared._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def directory_version(database_url: str) -> int:
+    """What running gateways poll to notice a change."""
+
+    async def read() -> int:
+        async with await Store.open(database_url, migrate=False) as store:
+            return await store.version()
+
+    return asyncio.run(read())
+
+
+def test_set_limit_changes_the_profile(sipgw: Run, any_database: str) -> None:
+    on = f"--database {any_database}"
+    ok_json(sipgw(f"account create --name acme --email ops@acme.example --json {on}"))
+    created = ok_json(
+        sipgw(
+            "profile create --account acme --name pbx --auth ip"
+            f" --ip 192.0.2.1 --port 5060 --channels 12 --json {on}"
+        )
+    )
+    before = directory_version(any_database)
+    changed = ok_json(sipgw(f"profile set-limit pbx 4 --json {on}"))
+    assert changed["channel_limit"] == 4
+    # Nothing else about the profile changes.
+    assert {k: v for k, v in changed.items() if k != "channel_limit"} == {
+        k: v for k, v in created.items() if k != "channel_limit"
+    }
+    assert ok_json(sipgw(f"profile show pbx --json {on}")) == changed
+    assert directory_version(any_database) > before, "running gateways must notice"
+    # Text output: the profile as `profile show` prints it, and what was done.
+    text = sipgw(f"profile set-limit pbx 300 --account acme {on}")
+    assert text.returncode == 0, text.stderr
+    fields = dict(line.split(":", 1) for line in text.stdout.splitlines() if ":" in line)
+    assert fields["channels"].strip() == "300"
+    assert fields["pbx address"].strip() == "192.0.2.1:5060"
+    assert text.stdout.rstrip().endswith("channel limit set")
+    shown = sipgw(f"profile show pbx {on}")
+    assert shown.returncode == 0 and "channels:     300" in shown.stdout
+    assert ok_json(sipgw(f"profile set-limit pbx 1 --json {on}"))["channel_limit"] == 1
+    listed = ok_json(sipgw(f"profile list --json {on}"))
+    assert [(p["name"], p["channel_limit"]) for p in listed] == [("pbx", 1)]
+
+
+def test_set_limit_errors(sipgw: Run, any_database: str) -> None:
+    on = f"--database {any_database}"
+    for account in ("acme", "other"):
+        ok_json(sipgw(f"account create --name {account} --email ops@{account}.example --json {on}"))
+    ok_json(sipgw(f"profile create --account acme --name pbx --auth registration --json {on}"))
+    for account in ("acme", "other"):
+        ok_json(
+            sipgw(
+                f"profile create --account {account} --name sales --auth registration --json {on}"
+            )
+        )
+    version = directory_version(any_database)
+    # Bad values: exit 2, one line, nothing written.
+    bad: list[tuple[str, tuple[str, ...]]] = [
+        ("pbx 0", ("channels must be 1 to 300, got 0",)),
+        ("pbx 301", ("channels must be 1 to 300, got 301",)),
+        ("pbx -5", ("channels must be 1 to 300, got -5",)),
+        ("pbx many", ("LIMIT", "whole number", "'many'")),
+        ("pbx 4.5", ("LIMIT", "whole number", "'4.5'")),
+        ("pbx", ("LIMIT", "required")),
+    ]
+    for arguments, needles in bad:
+        assert_error(sipgw(f"profile set-limit {arguments} {on}"), 2, *needles)
+    # Not found: exit 1.
+    missing: list[tuple[str, tuple[str, ...]]] = [
+        ("nope 4", ("no profile named 'nope'",)),
+        ("pbx 4 --account other", ("no profile named 'pbx' in account 'other'",)),
+        ("pbx 4 --account nobody", ("no profile named 'pbx' in account 'nobody'",)),
+    ]
+    for arguments, needles in missing:
+        assert_error(sipgw(f"profile set-limit {arguments} {on}"), 1, *needles)
+    # A name two accounts use needs --account, and changes only that one.
+    assert_error(
+        sipgw(f"profile set-limit sales 5 {on}"), 2, "several accounts", "'acme'", "'other'"
+    )
+    assert directory_version(any_database) == version, "nothing was written"
+    changed = ok_json(sipgw(f"profile set-limit sales 5 --account other --json {on}"))
+    assert (changed["account"], changed["channel_limit"]) == ("other", 5)
+    listed = ok_json(sipgw(f"profile list --json {on}"))
+    assert [(p["account"], p["name"], p["channel_limit"]) for p in listed] == [
+        ("acme", "pbx", 300),
+        ("acme", "sales", 300),
+        ("other", "sales", 5),
+    ]
