@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sip.message import Message, Response
 from sip.parser import StreamParser, parse_datagram
@@ -41,6 +42,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Generous for a loaded CI machine; the gateway is usually up in ~0.3 s.
 START_TIMEOUT = 15.0
 REPLY_TIMEOUT = 2.0
+#: How long :meth:`ServedGateway.assert_idle` waits for the last channel to
+#: be given back (the admission release runs as a task once a call is over).
+IDLE_TIMEOUT = 5.0
+IDLE_POLL = 0.05
 #: One management command: interpreter start, imports, opening (on first
 #: use creating and migrating) the database.  Generous for a loaded CI machine.
 CLI_TIMEOUT = 60.0
@@ -272,6 +277,60 @@ class ServedGateway:
             result: dict[str, Any] = json.load(reply)
             return result
 
+    def metrics(self, timeout: float = 2.0) -> str:
+        """``GET /metrics``: the Prometheus text."""
+        with urllib.request.urlopen(self.http_url + "/metrics", timeout=timeout) as reply:
+            assert reply.status == 200
+            text: str = reply.read().decode()
+            return text
+
+    def leftovers(self) -> list[str]:
+        """What is still in use, read from the gateway: non-zero channel
+        counts in ``/healthz`` (``{account: {profile: n}}``), its live
+        ``calls``, and ``sipgw_channels_in_use`` samples in ``/metrics``
+        (summed, whatever their labels).  Empty when the gateway is idle."""
+        left: list[str] = []
+        health = self.healthz()
+        busy = {
+            f"{account}/{profile}": count
+            for account, profiles in health["channels"].items()
+            for profile, count in profiles.items()
+            if count
+        }
+        if busy:
+            left.append(f"/healthz channels {busy}")
+        if health["calls"]:
+            left.append(f"/healthz calls {health['calls']}")
+        samples = [
+            sample
+            for family in text_string_to_metric_families(self.metrics())
+            if family.name == "sipgw_channels_in_use"
+            for sample in family.samples
+        ]
+        in_use = sum(sample.value for sample in samples)
+        if in_use:
+            labelled = {",".join(s.labels.values()): s.value for s in samples if s.value}
+            left.append(f"/metrics sipgw_channels_in_use {in_use:g} {labelled}")
+        return left
+
+    def assert_idle(self, timeout: float = IDLE_TIMEOUT) -> None:
+        """Wait (at most ``timeout`` seconds) until no channel is in use,
+        in the admission controller (``/healthz``) and in the metrics, and
+        no call is live; else fail saying what is left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                left = self.leftovers()
+            except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
+                left = [f"no answer from {self.http_url}: {exc!r}"]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"gateway at {self.http_url} not idle after {timeout} s: " + "; ".join(left)
+                )
+            time.sleep(IDLE_POLL)
+
     def assert_alive(self) -> None:
         assert self.process.poll() is None, (
             f"gateway died (rc={self.process.returncode}):\n{self.log()}"
@@ -500,16 +559,32 @@ class GatewayHome:
         self.started.append(served)
         return served
 
-    def stop(self) -> None:
+    def stop(self, *, check_idle: bool = True) -> None:
+        """Stop every gateway started here.  With ``check_idle``, first
+        :meth:`ServedGateway.assert_idle` on each one still running (one
+        killed with SIGKILL has nothing to say); all are stopped regardless,
+        then the stop fails if any was not idle."""
+        failures: list[str] = []
+        if check_idle:
+            for served in self.started:
+                if served.process.poll() is not None:
+                    continue
+                try:
+                    served.assert_idle()
+                except AssertionError as exc:
+                    failures.append(str(exc))
         for served in self.started:
             with contextlib.suppress(Exception):
                 served.stop()
+        if failures:
+            raise AssertionError("\n".join(failures))
 
 
 @pytest.fixture
 def gateway_home(tmp_path: Path) -> Iterator[GatewayHome]:
     """A :class:`GatewayHome` in ``tmp_path``; every gateway it started is
-    stopped (SIGTERM, then SIGKILL) at teardown."""
+    stopped (SIGTERM, then SIGKILL) at teardown, and the test fails there if
+    a gateway still running had a channel in use or a call up."""
     home = GatewayHome(tmp_path / "home")
     home.directory.mkdir()
     try:

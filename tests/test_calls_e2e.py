@@ -14,8 +14,9 @@ loopback address, so trust by source address is tested as in the field::
 
 Outcomes are asserted through SIPp's statistics and message traces and
 through the gateway's ``GET /healthz``: ``"channels"`` (in use, per profile
-name) must be back to 0 after every test, and ``"registrations"`` counts
-the bindings.  The scenarios themselves are proven SIPp against SIPp in
+name) and ``"calls"`` must be back to 0 after every test, as must every
+``sipgw_channels_in_use`` in ``GET /metrics``, and ``"registrations"``
+counts the bindings.  The scenarios themselves are proven SIPp against SIPp in
 ``tests/test_sipp_scenarios.py``.
 """
 
@@ -94,11 +95,11 @@ class Trunk:
         return int(self.health()["registrations"])
 
     def assert_no_channels_in_use(self) -> None:
-        """Every profile's channels back to 0 (within SETTLE_TIMEOUT)."""
-        wait_for(
-            lambda: set(self.channels().values()) == {0},
-            f"channels still in use: {self.channels()}",
-        )
+        """Every profile's channels back to 0 and no call live (within
+        SETTLE_TIMEOUT), as the admission controller reports them in
+        /healthz and as /metrics reports them (``sipgw_channels_in_use``)."""
+        self.gateway.assert_alive()
+        self.gateway.assert_idle(SETTLE_TIMEOUT)
         assert set(self.channels()) >= set(self.profiles), self.channels()
 
     def carrier(self, scenario: str, **options: Any) -> Sipp:

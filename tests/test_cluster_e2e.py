@@ -5,7 +5,8 @@ Two ``sipgw serve`` processes share a PostgreSQL database (profiles) and a
 Redis (admission, ``[admission] backend = "redis"``).  A burst of 1,000
 long calls for one registration profile is split across both nodes by two
 SIPp PBXs using the same credentials: exactly 300 calls are answered
-cluster-wide, 700 refused with 503, and every channel is free afterwards.
+cluster-wide, 700 refused with 503, and every channel is free afterwards:
+in each node's /healthz and /metrics and in Redis itself.
 """
 
 from __future__ import annotations
@@ -75,6 +76,36 @@ def cleanup_redis(prefix: str) -> None:
     client.close()
 
 
+def redis_channels_held(prefix: str) -> dict[str, int]:
+    """Channels still held in Redis under ``prefix``, read at the source
+    (the key layout of ``admission/redis.py``): per profile set
+    ``<prefix>p:<id>``, its members whose lease (score, Redis server
+    milliseconds) has not passed; and every live ``<prefix>c:<call_id>``.
+    Only non-zero entries; empty when nothing is held."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        held: dict[str, int] = {}
+        for raw in client.scan_iter(prefix + "p:*"):
+            live = int(client.zcount(raw, f"({now_ms}", "+inf"))
+            if live:
+                held[raw.decode()] = live
+        calls = [raw for raw in client.scan_iter(prefix + "c:*") if client.exists(raw)]
+        if calls:
+            held[prefix + "c:*"] = len(calls)
+        return held
+    finally:
+        client.close()
+
+
+def assert_redis_holds_no_channel(prefix: str) -> None:
+    held = redis_channels_held(prefix)
+    assert not held, f"channels still held in Redis: {held}"
+
+
 LEASE = 3.0  # seconds: a dead node's channels must be back within this
 
 
@@ -119,7 +150,8 @@ def cluster(
 ) -> Iterator[Cluster]:
     """Two ``sipgw serve`` nodes sharing ``database_url`` and Redis (leases
     of ``lease`` seconds), with a SIPp carrier answering; all stopped and
-    the Redis keys removed afterwards."""
+    the Redis keys removed afterwards.  After a passing test the nodes
+    still running must be idle and Redis must hold no channel."""
     require_redis()
     home = ClusterHome(tmp_path / "home", url=database_url)
     home.directory.mkdir()
@@ -156,8 +188,12 @@ def cluster(
             )
         )
         yield built
-    finally:
+        # The test passed: every node still running must be idle (/healthz,
+        # /metrics), and Redis itself must hold no channel, before cleanup.
         home.stop()
+        assert_redis_holds_no_channel(prefix)
+    finally:
+        home.stop(check_idle=False)  # after a failure: its own error says enough
         cleanup_redis(prefix)
 
 
