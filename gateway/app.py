@@ -260,7 +260,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     transport.handler = service
 
     def apply(new: Directory) -> None:
-        router.directory = new
+        router.apply_directory(new)
         metrics.profiles_changed((entry.account, entry.name) for entry in new.profiles())
 
     async def sweep_registrations() -> None:

@@ -124,6 +124,7 @@ class ReleaseReason(StrEnum):
     UNREACHABLE = "unreachable"  # the next hop could not be reached (503)
     SESSION_EXPIRED = "session_expired"  # no session refresh (RFC 4028 §8.3)
     MAX_DURATION = "max_duration"  # the configured maximum call duration
+    PROFILE_DELETED = "profile_deleted"  # its profile was deleted with calls up
     ERROR = "error"  # the gateway could not forward the INVITE (500)
 
 
@@ -302,6 +303,44 @@ class CallRouter:
         return len(self._relays) + len(self._by_server_tx)
 
     # -- entry points --------------------------------------------------------
+    def apply_directory(self, new: Directory) -> None:
+        """A new profile directory: renamed or re-limited profiles apply to
+        their live calls at once; a deleted profile loses its registrations
+        and its calls are ended (BYE both sides, or CANCEL and 487 while
+        ringing), which frees their channels."""
+        self.directory = new
+        gone: set[int] = set()
+        for call in list(self.calls.values()):
+            entry = new.profile(call.profile.id)
+            if entry is not None:
+                call.profile = entry
+            else:
+                gone.add(call.profile.id)
+                self._abort_call(call, "Profile deleted", ReleaseReason.PROFILE_DELETED)
+        for profile_id in self.registrar.profile_ids():
+            if new.profile(profile_id) is None:
+                gone.add(profile_id)
+                self.registrar.remove_profile(profile_id)
+        if gone:
+            logger.info("profiles %s deleted: their calls and registrations are gone", sorted(gone))
+
+    def _abort_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
+        """End a call whatever its state: answered calls get BYE on both
+        sides; unanswered ones are cancelled downstream and answered 487."""
+        if call.released:
+            return
+        if call.answered:
+            self._end_call(call, why, reason)
+            return
+        call.cancelled = True
+        if call.client_tx is None:
+            return  # admission still running: it sees ``cancelled``
+        self._cancel_downstream(call)
+        if not call.final_relayed:
+            self._respond(call.server_tx, call.server_tx.request, 487)
+            call.final_relayed = True
+        self._release(call, reason)
+
     def on_message(self, message: Message, source: Any, *, reliable: bool) -> None:
         """A validated message from the transport."""
         actions = self.layer.receive(message, source, self.io.now(), reliable=reliable)

@@ -357,6 +357,10 @@ class LocationService:
                 out[profile_id] = live
         return out
 
+    def profile_ids(self) -> list[int]:
+        """Profiles that hold bindings (live or not yet swept)."""
+        return list(self._bindings)
+
     def __len__(self) -> int:
         """Bindings stored, live or expired but not yet collected."""
         return self._total
