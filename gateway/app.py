@@ -166,6 +166,9 @@ SIP_SERVICE = web.AppKey("sip_service", SIPService)
 ROUTER = web.AppKey("router", CallRouter)
 ADMISSION = web.AppKey("admission", AdmissionController)
 METRICS = web.AppKey("metrics", Metrics)
+#: Set it after a change to profiles, numbers, credit or rates: the
+#: directory is reloaded at once instead of at the next poll.
+DIRECTORY_REFRESH = web.AppKey("directory_refresh", asyncio.Event)
 
 
 def _advertised(transport: TransportLayer) -> tuple[str, int]:
@@ -268,10 +271,15 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(REGISTRAR_SWEEP_INTERVAL)
             registrar.expire(service.now())
 
+    refresh = asyncio.Event()
     background = [
         asyncio.create_task(
             watch_directory(
-                store, apply, settings.store.directory_poll_interval, current=directory.version
+                store,
+                apply,
+                settings.store.directory_poll_interval,
+                current=directory.version,
+                wake=refresh,
             )
         ),
         asyncio.create_task(sweep_registrations()),
@@ -281,6 +289,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ROUTER] = router
     app[ADMISSION] = admission
     app[METRICS] = metrics
+    app[DIRECTORY_REFRESH] = refresh
     yield
     for task in background:
         task.cancel()

@@ -27,6 +27,7 @@ Lookups:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -226,9 +227,12 @@ async def watch_directory(
     interval: float,
     *,
     current: int | None = None,
+    wake: asyncio.Event | None = None,
 ) -> None:
     """Poll ``directory_version`` every ``interval`` seconds; when it differs
     from the version last applied, load the directory and ``apply`` it.
+    Setting ``wake`` checks at once (a change made in this process, or a
+    notification from another one) instead of at the next tick.
 
     ``current`` is the version the caller already holds (None: load on the
     first tick).  Each tick does one primary-key read and at most one
@@ -260,4 +264,9 @@ async def watch_directory(
             level = logging.DEBUG if failing else logging.WARNING
             logger.log(level, "profile directory not refreshed, retrying: %s", exc)
             failing = True
-        await asyncio.sleep(interval)
+        if wake is None:
+            await asyncio.sleep(interval)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()

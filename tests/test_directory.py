@@ -297,3 +297,25 @@ async def test_watcher_retries_when_apply_fails(store: Store) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert calls[0] == calls[1] == await store.version()  # the same version, applied again
+
+
+async def test_waking_the_watcher_reloads_at_once(store: Store) -> None:
+    """With an hour between polls, a change is still applied as soon as the
+    watcher is woken (what the REST API does after each change)."""
+    applied: asyncio.Queue[Directory] = asyncio.Queue()
+    wake = asyncio.Event()
+    initial = await load_directory(store)
+    task = asyncio.create_task(
+        watch_directory(store, applied.put_nowait, 3600.0, current=initial.version, wake=wake)
+    )
+    try:
+        await asyncio.sleep(0.1)  # the first check has run: it now waits an hour
+        await profiles.create_account(store, name="acme", email="ops@acme.example")
+        assert applied.empty()
+        wake.set()
+        directory = await asyncio.wait_for(applied.get(), WATCH_TIMEOUT)
+        assert directory.version > initial.version
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
