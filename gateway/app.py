@@ -29,6 +29,7 @@ from gateway import __version__
 from gateway.calls import CallRouter, CarrierSettings, Hop
 from gateway.directory import Directory, load_directory, watch_directory
 from gateway.metrics import Metrics
+from gateway.notify import listen_for_changes
 from gateway.registrar import LocationService, RegistrarPolicy
 from gateway.settings import GatewaySettings
 from gateway.store import Store, open_store
@@ -284,6 +285,9 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         asyncio.create_task(sweep_registrations()),
     ]
+    if store.dialect == "postgresql":
+        # Other nodes' and the CLI's changes arrive at once (LISTEN/NOTIFY).
+        background.append(asyncio.create_task(listen_for_changes(store.url, refresh)))
     app[SIP_TRANSPORT] = transport
     app[SIP_SERVICE] = service
     app[ROUTER] = router

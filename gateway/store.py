@@ -81,6 +81,8 @@ SQLITE_RETRY_INTERVAL = 0.05
 MIGRATION_LOCK_ID = 0x7369706777
 #: Option on a connection that makes SQLite begin with BEGIN IMMEDIATE.
 _WRITE_OPTION = "sipgw_write"
+#: The PostgreSQL NOTIFY channel of directory changes.
+DIRECTORY_CHANNEL = "sipgw_directory"
 
 
 class StoreError(Exception):
@@ -311,6 +313,11 @@ class Store:
         await self.close()
 
     @property
+    def url(self) -> str:
+        """The database URL, password included (for a second connection)."""
+        return self.engine.url.render_as_string(hide_password=False)
+
+    @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self.engine.dialect.name
@@ -337,6 +344,12 @@ class Store:
                     .where(DirectoryVersion.id == 1)
                     .values(version=DirectoryVersion.version + 1)
                 )
+                if self.dialect == "postgresql":
+                    # Delivered to every listening gateway when (and only if)
+                    # the transaction commits (PostgreSQL NOTIFY).
+                    await session.execute(
+                        text("SELECT pg_notify(:channel, '')"), {"channel": DIRECTORY_CHANNEL}
+                    )
 
     async def version(self) -> int:
         """The directory version: what the gateway polls."""
