@@ -1,17 +1,24 @@
-"""The management service: accounts, SIP profiles and numbers.
+"""The management service: accounts, SIP profiles, their credit and numbers.
 
-Every management front end (the CLI now, the REST API and the console
-later) calls these functions and nothing else, so that the rules live in
-one place: names unique within an account, one profile per IP:port, at
-most :data:`~gateway.models.MAX_CHANNELS` channels, E.164 numbers assigned
-within their account, generated credentials stored as HA1 (RFC 7616
-§3.4.2) plus an encrypted copy the operator can retrieve.
+Every management front end (the CLI, the REST API, the console later)
+calls these functions and nothing else, so that the rules live in one
+place: names unique within an account, one profile per IP:port, at most
+:data:`~gateway.models.MAX_CHANNELS` channels, E.164 numbers assigned
+within their account, money that is never negative and moves atomically,
+generated credentials stored as HA1 (RFC 7616 §3.4.2) plus an encrypted
+copy the operator can retrieve, and a deletion that gives everything back.
 
-Failures are :class:`ProfileError` subclasses with a one-line message and
-the answer each front end gives (exit status, HTTP status): the h11 habit
-of errors carrying their answer.  The schema enforces the same rules; a
-constraint violated by a concurrent writer between our check and our
-commit is reported as a :class:`ConflictError` too.
+Scoping: functions naming a profile take ``account``; a front end acting
+for an account manager always passes that manager's account
+(:func:`gateway.tokens.visible_account`), so nothing of another account is
+ever found.
+
+Failures are :class:`~gateway.errors.ProfileError` subclasses with a
+one-line message and the answer each front end gives (exit status, HTTP
+status): the h11 habit of errors carrying their answer.  The schema
+enforces the same rules; a constraint violated by a concurrent writer
+between our check and our commit is reported as a
+:class:`~gateway.errors.ConflictError` too.
 """
 
 from __future__ import annotations
@@ -21,16 +28,25 @@ import re
 import secrets
 import string
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.errors import (
+    CallsUpError,
+    ConflictError,
+    InsufficientFundsError,
+    NotFoundError,
+    ProfileError,
+    ValidationError,
+)
+from gateway.mailer import Mailer, MailError, SMTPMailer, credentials_message
 from gateway.models import (
     BALANCE_SCALE,
     EMAIL_MAX_LENGTH,
@@ -39,9 +55,12 @@ from gateway.models import (
     NAME_MAX_LENGTH,
     Account,
     AuthMode,
+    CallRecord,
     Number,
     Profile,
 )
+from gateway.paging import DEFAULT_LIMIT, Page, check_page
+from gateway.settings import DEFAULT_SMTP_FROM
 from gateway.store import Store
 from sip.digest import ha1
 
@@ -49,24 +68,44 @@ __all__ = [
     "DIGEST_ALGORITHMS",
     "MAX_NUMBERS_PER_REQUEST",
     "PASSWORD_LENGTH",
+    "REGISTERED_PBX",
     "AccountView",
+    "ActiveCalls",
+    "CallsUpError",
     "ConflictError",
+    "DeletionReport",
+    "InsufficientFundsError",
     "NotFoundError",
+    "Notice",
     "NumberView",
+    "Page",
     "ProfileError",
     "ProfileView",
     "ValidationError",
+    "account_document",
     "add_numbers",
+    "allocate_credit",
     "assign_number",
     "create_account",
     "create_profile",
+    "create_profile_and_notify",
+    "delete_profile",
+    "deletion_document",
+    "deposit",
     "get_account",
     "get_profile",
+    "list_accounts",
+    "list_numbers",
     "list_profiles",
     "normalise_e164",
     "normalise_ip",
+    "number_document",
+    "page_document",
+    "parse_amount",
     "profile_document",
+    "rename_profile",
     "set_channel_limit",
+    "unassign_number",
 ]
 
 #: The digest algorithms a PBX may answer with (RFC 7616 §3.3; RFC 8760 for
@@ -89,6 +128,10 @@ USERNAME_ATTEMPTS = 5
 #: Numbers added in one call: one transaction stays short, and a mistyped
 #: range cannot flood the pool.
 MAX_NUMBERS_PER_REQUEST = 1000
+#: Where inbound calls to a registration profile's numbers go: the contact
+#: its PBX registered (RFC 3261 §10.3), whatever address that is today.
+REGISTERED_PBX = "registered PBX"
+_MONEY_QUANTUM = Decimal(1).scaleb(-BALANCE_SCALE)
 
 # Names: printable, no control characters, no surrounding whitespace.
 _NAME = re.compile(rf"[^\x00-\x1f\x7f]{{1,{NAME_MAX_LENGTH}}}\Z")
@@ -100,38 +143,6 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}\Z")
 # RFC 3966 §5.1.1 visual separators, plus the spaces people type.
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.() \t\u00a0")
-
-
-class ProfileError(Exception):
-    """A request the service refuses; ``str()`` is one line for the operator.
-
-    ``exit_status`` is what the CLI exits with, ``http_status`` what the
-    REST API will answer.
-    """
-
-    exit_status: ClassVar[int] = 1
-    http_status: ClassVar[int] = 400
-
-
-class ValidationError(ProfileError):
-    """Bad input: a malformed value, a missing or contradictory option."""
-
-    exit_status = 2
-    http_status = 422
-
-
-class NotFoundError(ProfileError):
-    """An account, profile or number that does not exist."""
-
-    exit_status = 1
-    http_status = 404
-
-
-class ConflictError(ProfileError):
-    """Something that would break a uniqueness rule (name, IP:port, number)."""
-
-    exit_status = 1
-    http_status = 409
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,7 +158,8 @@ class AccountView:
 class ProfileView:
     """A profile as an operator sees it.  ``password`` is the retrievable
     SIP password (registration profiles, when the store has the key);
-    ``realm`` is the realm the gateway challenges with."""
+    ``realm`` is the realm the gateway challenges with; ``credit`` is the
+    prepaid money its outbound calls are charged against."""
 
     id: int
     account: str
@@ -160,6 +172,7 @@ class ProfileView:
     ip: str | None
     port: int | None
     channel_limit: int
+    credit: Decimal
     numbers: tuple[str, ...]
     created_at: datetime
 
@@ -169,6 +182,41 @@ class NumberView:
     e164: str
     account: str
     profile: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice:
+    """What became of the credentials e-mail of a new profile.
+
+    ``emailed`` is True once the mail server accepted it (for ``recipient``);
+    ``error`` is the one-line reason it was not sent, None when nothing was
+    tried (an IP profile, or e-mail switched off) or it was sent.
+    """
+
+    emailed: bool
+    recipient: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeletionReport:
+    """What a profile deletion did: the credit given back to ``account``
+    (whose balance is now ``balance``), the numbers back in its pool, how
+    many call records were erased, and how many calls were up when it was
+    asked (ended by the gateways as they reload)."""
+
+    name: str
+    account: str
+    credit_returned: Decimal
+    numbers_released: list[str]
+    records_erased: int
+    calls_up: int
+    balance: Decimal
+
+
+#: How a front end tells :func:`delete_profile` how many calls a profile has
+#: up right now (the gateways know; the database does not).
+ActiveCalls = Callable[[ProfileView], Awaitable[int]]
 
 
 # ---------------------------------------------------------------------------
@@ -203,6 +251,27 @@ def _balance(value: Decimal | int | str) -> Decimal:
     if amount != quantized:
         raise ValidationError(f"balance has more than {BALANCE_SCALE} decimal places: {value}")
     return quantized  # shown as stored: 25.5 is 25.5000
+
+
+def parse_amount(value: Decimal | int | str, what: str) -> Decimal:
+    """An exact amount of money, signed: at most :data:`~gateway.models.BALANCE_SCALE`
+    decimal places, at most :data:`~gateway.models.MAX_BALANCE` either way.
+    ``what`` names it in the message (``"deposit"``, ``"price per minute"``)."""
+    if isinstance(value, bool | float):
+        # A float is already inexact (0.1 is 0.1000000000000000055...).
+        raise ValidationError(f"{what} must be an amount like 25.00, got {value!r}")
+    try:
+        amount = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValidationError(f"{what} must be an amount like 25.00, got {value!r}") from None
+    if not amount.is_finite():
+        raise ValidationError(f"{what} must be an amount like 25.00, got {value!r}")
+    if abs(amount) > MAX_BALANCE:
+        raise ValidationError(f"{what} must be at most {MAX_BALANCE}, got {value}")
+    quantized = amount.quantize(_MONEY_QUANTUM)
+    if amount != quantized:
+        raise ValidationError(f"{what} has more than {BALANCE_SCALE} decimal places: {value}")
+    return quantized
 
 
 def _channels(value: int) -> int:
@@ -293,14 +362,17 @@ async def _find_profile(
         query = query.where(Account.name == account)
     rows = [(p, a) for p, a in await session.execute(query.order_by(Account.name))]
     if not rows:
-        where = f" in account {account!r}" if account is not None else ""
-        raise NotFoundError(f"no profile named {name!r}{where}")
+        raise NotFoundError(f"no profile named {name!r}{_in_account(account)}")
     if len(rows) > 1:
         accounts = ", ".join(repr(a.name) for _, a in rows)
         raise ValidationError(
             f"profile {name!r} exists in several accounts ({accounts}): name one with --account"
         )
     return rows[0]
+
+
+def _in_account(account: str | None) -> str:
+    return f" in account {account!r}" if account is not None else ""
 
 
 def _conflict(exc: IntegrityError) -> ConflictError:
@@ -326,9 +398,22 @@ def _conflict(exc: IntegrityError) -> ConflictError:
     return ConflictError("conflicting change: " + (first[0] if first else "constraint violated"))
 
 
+async def _rows_changed(session: AsyncSession, statement: Any) -> int:
+    """Run an UPDATE or DELETE (the ORM's copies in the session are left
+    alone: callers refresh what they show) and return how many rows it hit."""
+    result = await session.execute(statement.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount
+
+
 async def _profile_view(
-    store: Store, session: AsyncSession, rows: Sequence[tuple[Profile, Account]]
+    store: Store,
+    session: AsyncSession,
+    rows: Sequence[tuple[Profile, Account]],
+    *,
+    reveal: bool = True,
 ) -> list[ProfileView]:
+    """Views of ``rows``; with ``reveal`` the retrievable password is
+    decrypted (if the store has the key)."""
     ids = [p.id for p, _ in rows]
     numbers: dict[int, list[str]] = defaultdict(list)
     if ids:
@@ -343,7 +428,7 @@ async def _profile_view(
     views = []
     for profile, account in rows:
         password = None
-        if profile.password_encrypted is not None and store.has_secret_key:
+        if reveal and profile.password_encrypted is not None and store.has_secret_key:
             password = store.decrypt(profile.password_encrypted)
         registration = profile.auth_mode == AuthMode.REGISTRATION
         views.append(
@@ -359,6 +444,7 @@ async def _profile_view(
                 ip=profile.ip_address,
                 port=profile.udp_port,
                 channel_limit=profile.channel_limit,
+                credit=profile.credit,
                 numbers=tuple(numbers.get(profile.id, ())),
                 created_at=profile.created_at,
             )
@@ -403,6 +489,46 @@ async def get_account(store: Store, name: str) -> AccountView:
         return _account_view(await _account(session, name))
 
 
+async def list_accounts(
+    store: Store, *, offset: int = 0, limit: int = DEFAULT_LIMIT
+) -> Page[AccountView]:
+    """Every account, ordered by name, one page at a time."""
+    offset, limit = check_page(offset, limit)
+    async with store.read() as session:
+        total = await session.scalar(select(func.count(Account.id)))
+        query = select(Account).order_by(Account.name).offset(offset).limit(limit)
+        items = [_account_view(a) for a in await session.scalars(query)]
+    return Page(items, int(total or 0), offset, limit)
+
+
+async def deposit(store: Store, account: str, amount: Decimal | int | str) -> AccountView:
+    """Add ``amount`` (more than zero) to ``account``'s balance: money paid
+    in, recorded by an operator.
+
+    One conditional UPDATE, so concurrent deposits add up exactly and the
+    balance never passes :data:`~gateway.models.MAX_BALANCE`.  Running
+    gateways need not reload for it (the balance is not on the SIP path
+    until it is moved to a profile).
+    """
+    value = parse_amount(amount, "deposit")
+    if value <= 0:
+        raise ValidationError(f"deposit must be more than zero, got {amount}")
+    async with store.write(bump=False) as session:
+        owner = await _account(session, account)
+        added = await _rows_changed(
+            session,
+            update(Account)
+            .where(Account.id == owner.id, Account.balance <= MAX_BALANCE - value)
+            .values(balance=Account.balance + value),
+        )
+        if not added:
+            raise ConflictError(
+                f"account {account!r} cannot take {value}: its balance would exceed {MAX_BALANCE}"
+            )
+        await session.refresh(owner)
+        return _account_view(owner)
+
+
 # ---------------------------------------------------------------------------
 # Profiles
 
@@ -417,7 +543,7 @@ async def create_profile(
     port: int | None = None,
     channels: int = MAX_CHANNELS,
 ) -> ProfileView:
-    """A new profile of ``account``.
+    """A new profile of ``account``, with no credit.
 
     ``registration``: a SIP username and password are generated; the
     password is stored encrypted plus as HA1 for MD5 and SHA-256 in the
@@ -458,7 +584,7 @@ async def create_profile(
                     )
                 )
                 if holder is not None:
-                    shown = f"[{address}]:{udp_port}" if ":" in address else f"{address}:{udp_port}"
+                    shown = _host_port(address, udp_port)
                     raise ConflictError(f"{shown} is already used by profile {holder!r}")
             username = await _free_username(session)
             profile = Profile(
@@ -469,6 +595,7 @@ async def create_profile(
                 ip_address=address,
                 udp_port=udp_port,
                 channel_limit=limit,
+                credit=Decimal(0),
             )
             if password is not None:
                 hashes = _ha1s(username, store.realm, password)
@@ -482,6 +609,52 @@ async def create_profile(
             return view
     except IntegrityError as exc:
         raise _conflict(exc) from None
+
+
+async def create_profile_and_notify(
+    store: Store,
+    mailer: Mailer | None,
+    *,
+    gateway_addresses: Sequence[str],
+    account: str,
+    name: str,
+    auth: AuthMode | str,
+    ip: str | None = None,
+    port: int | None = None,
+    channels: int = MAX_CHANNELS,
+    sender: str | None = None,
+) -> tuple[ProfileView, Notice]:
+    """:func:`create_profile`, then e-mail a registration profile's
+    credentials to the account's address (docs/email.md).
+
+    Nothing is sent for an IP profile (there is no secret to hand over) or
+    when ``mailer`` is None or a disabled :class:`~gateway.mailer.SMTPMailer`
+    (``smtp.host`` empty); the :class:`Notice` then reports no failure
+    either.  A failed send is reported in the notice and never undoes the
+    profile: its credentials stay retrievable (:func:`get_profile`).
+    ``sender`` defaults to the mailer's ``smtp.from_address``.
+    """
+    view = await create_profile(
+        store, account=account, name=name, auth=auth, ip=ip, port=port, channels=channels
+    )
+    if view.auth_mode is not AuthMode.REGISTRATION:
+        return view, Notice(emailed=False)
+    if mailer is None or (isinstance(mailer, SMTPMailer) and not mailer.enabled):
+        return view, Notice(emailed=False)
+    if sender is None:
+        sender = mailer.settings.from_address if isinstance(mailer, SMTPMailer) else None
+    owner = await get_account(store, view.account)
+    message = credentials_message(
+        sender=sender or DEFAULT_SMTP_FROM,
+        to=owner.email,
+        account=owner.name,
+        document=profile_document(view, gateway_addresses=gateway_addresses),
+    )
+    try:
+        await mailer.send(message)
+    except MailError as exc:
+        return view, Notice(emailed=False, recipient=owner.email, error=str(exc))
+    return view, Notice(emailed=True, recipient=owner.email)
 
 
 async def _free_username(session: AsyncSession) -> str:
@@ -500,6 +673,35 @@ async def get_profile(store: Store, name: str, *, account: str | None = None) ->
         row = await _find_profile(session, name, account)
         (view,) = await _profile_view(store, session, [row])
         return view
+
+
+async def rename_profile(
+    store: Store, name: str, new_name: str, *, account: str | None = None
+) -> ProfileView:
+    """Give profile ``name`` (of ``account``) a new name, unique in its
+    account.  Effective at once: running gateways pick it up at their next
+    directory poll (calls up and registrations stay; metrics and health
+    show the new name)."""
+    _name(new_name, "new profile name")
+    try:
+        async with store.write() as session:
+            profile, owner = await _find_profile(session, name, account)
+            if new_name != profile.name:
+                taken = await session.scalar(
+                    select(Profile.id).where(
+                        Profile.account_id == owner.id, Profile.name == new_name
+                    )
+                )
+                if taken is not None:
+                    raise ConflictError(
+                        f"account {owner.name!r} already has a profile named {new_name!r}"
+                    )
+                profile.name = new_name
+                await session.flush()
+            (view,) = await _profile_view(store, session, [(profile, owner)])
+            return view
+    except IntegrityError as exc:
+        raise _conflict(exc) from None
 
 
 async def set_channel_limit(
@@ -522,16 +724,193 @@ async def set_channel_limit(
         return view
 
 
-async def list_profiles(store: Store, *, account: str | None = None) -> list[ProfileView]:
-    """Every profile (of ``account``), ordered by account and name."""
+async def list_profiles(
+    store: Store, *, account: str | None = None, offset: int = 0, limit: int = DEFAULT_LIMIT
+) -> Page[ProfileView]:
+    """Every profile (of ``account``), ordered by account and name, one page
+    at a time."""
+    offset, limit = check_page(offset, limit)
     async with store.read() as session:
         query = select(Profile, Account).join(Account, Profile.account_id == Account.id)
+        count = select(func.count(Profile.id))
         if account is not None:
             owner = await _account(session, account)
             query = query.where(Profile.account_id == owner.id)
-        ordered = query.order_by(Account.name, Profile.name)
+            count = count.where(Profile.account_id == owner.id)
+        total = await session.scalar(count)
+        ordered = query.order_by(Account.name, Profile.name).offset(offset).limit(limit)
         rows = [(p, a) for p, a in await session.execute(ordered)]
-        return await _profile_view(store, session, rows)
+        items = await _profile_view(store, session, rows)
+    return Page(items, int(total or 0), offset, limit)
+
+
+async def allocate_credit(
+    store: Store, name: str, amount: Decimal | int | str, *, account: str | None = None
+) -> tuple[ProfileView, AccountView]:
+    """Move money between the account's balance and profile ``name``'s
+    credit: ``amount`` > 0 from the balance to the profile, < 0 back.
+
+    One transaction of conditional UPDATEs (``... WHERE balance >= x``): the
+    database checks and moves in one step, so concurrent moves (and calls
+    charged meanwhile) can never make either side negative; a move that
+    would is refused whole with :class:`InsufficientFundsError`.
+    """
+    value = parse_amount(amount, "credit amount")
+    if value == 0:
+        raise ValidationError(
+            "credit amount must not be zero: more than zero moves money to the profile,"
+            " less than zero back to the account"
+        )
+    moved = abs(value)
+    async with store.write() as session:  # running gateways see the new credit
+        profile, owner = await _find_profile(session, name, account)
+        # Always the account's row first, then the profile's (delete_profile
+        # too): concurrent moves wait for each other instead of deadlocking.
+        if value > 0:
+            if not await _rows_changed(
+                session,
+                update(Account)
+                .where(Account.id == owner.id, Account.balance >= moved)
+                .values(balance=Account.balance - moved),
+            ):
+                balance = await session.scalar(
+                    select(Account.balance).where(Account.id == owner.id)
+                )
+                raise InsufficientFundsError(
+                    f"account {owner.name!r} has a balance of {balance}:"
+                    f" cannot move {moved} to profile {profile.name!r}"
+                )
+            if not await _rows_changed(
+                session,
+                update(Profile)
+                .where(Profile.id == profile.id, Profile.credit <= MAX_BALANCE - moved)
+                .values(credit=Profile.credit + moved),
+            ):
+                await _still_there(session, profile, account)
+                raise ConflictError(
+                    f"profile {profile.name!r} cannot take {moved}:"
+                    f" its credit would exceed {MAX_BALANCE}"
+                )
+        else:
+            if not await _rows_changed(
+                session,
+                update(Account)
+                .where(Account.id == owner.id, Account.balance <= MAX_BALANCE - moved)
+                .values(balance=Account.balance + moved),
+            ):
+                raise ConflictError(
+                    f"account {owner.name!r} cannot take back {moved}:"
+                    f" its balance would exceed {MAX_BALANCE}"
+                )
+            if not await _rows_changed(
+                session,
+                update(Profile)
+                .where(Profile.id == profile.id, Profile.credit >= moved)
+                .values(credit=Profile.credit - moved),
+            ):
+                await _still_there(session, profile, account)
+                credit = await session.scalar(
+                    select(Profile.credit).where(Profile.id == profile.id)
+                )
+                raise InsufficientFundsError(
+                    f"profile {profile.name!r} has a credit of {credit}: cannot withdraw {moved}"
+                )
+        await session.refresh(owner)
+        await session.refresh(profile)
+        (view,) = await _profile_view(store, session, [(profile, owner)])
+        return view, _account_view(owner)
+
+
+async def _still_there(session: AsyncSession, profile: Profile, account: str | None) -> None:
+    """NotFoundError if ``profile`` was deleted since it was looked up."""
+    if await session.scalar(select(Profile.id).where(Profile.id == profile.id)) is None:
+        raise NotFoundError(f"no profile named {profile.name!r}{_in_account(account)}")
+
+
+async def delete_profile(
+    store: Store,
+    name: str,
+    *,
+    account: str | None = None,
+    confirm: str,
+    end_calls: bool = False,
+    active_calls: ActiveCalls,
+) -> DeletionReport:
+    """Delete profile ``name`` and give back what it held.
+
+    ``confirm`` must repeat the name exactly: deleting erases the call
+    history, so a front end offers the history report first
+    (:func:`gateway.history.history_csv`) and asks.  ``active_calls`` says
+    how many calls the profile has up (the gateways know, not the
+    database); with any up, the deletion is refused with
+    :class:`CallsUpError` unless ``end_calls``.
+
+    In one transaction: the profile's credit goes back to the account's
+    balance, its numbers back to the account's pool (unassigned), its call
+    records are erased, and the profile is deleted.  The directory bump
+    makes every running gateway drop its registrations and end its calls.
+    """
+    if not isinstance(confirm, str) or confirm != name:
+        raise ValidationError(
+            f"confirmation does not match: repeat the profile name {name!r} exactly to delete it"
+        )
+    async with store.read() as session:
+        row = await _find_profile(session, name, account)
+        # No password needed (nor the key that decrypts it) to delete.
+        (view,) = await _profile_view(store, session, [row], reveal=False)
+    calls = await active_calls(view)
+    if calls > 0 and not end_calls:
+        them = "it" if calls == 1 else "them"
+        raise CallsUpError(
+            f"profile {view.name!r} has {calls} call{'' if calls == 1 else 's'} up:"
+            f" pass end_calls (--end-calls) to end {them} and delete the profile"
+        )
+    async with store.write() as session:
+        # The account's row, then the profile's, locked in the order
+        # allocate_credit takes them (SQLite's write lock covers both).
+        balance = await session.scalar(
+            select(Account.balance).where(Account.id == view.account_id).with_for_update()
+        )
+        current = (
+            await session.execute(
+                select(Profile.name, Profile.credit).where(Profile.id == view.id).with_for_update()
+            )
+        ).first()
+        if balance is None or current is None or current.name != view.name:
+            raise NotFoundError(f"no profile named {name!r}{_in_account(account)}")
+        credit: Decimal = current.credit
+        if balance + credit > MAX_BALANCE:
+            raise ConflictError(
+                f"account {view.account!r} cannot take back {credit}:"
+                f" its balance would exceed {MAX_BALANCE}"
+            )
+        released = list(
+            await session.scalars(
+                select(Number.e164).where(Number.profile_id == view.id).order_by(Number.e164)
+            )
+        )
+        await _rows_changed(
+            session, update(Number).where(Number.profile_id == view.id).values(profile_id=None)
+        )
+        erased = await _rows_changed(
+            session, delete(CallRecord).where(CallRecord.profile_id == view.id)
+        )
+        await _rows_changed(
+            session,
+            update(Account)
+            .where(Account.id == view.account_id)
+            .values(balance=Account.balance + credit),
+        )
+        await _rows_changed(session, delete(Profile).where(Profile.id == view.id))
+    return DeletionReport(
+        name=view.name,
+        account=view.account,
+        credit_returned=credit,
+        numbers_released=released,
+        records_erased=erased,
+        calls_up=calls,
+        balance=balance + credit,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -566,10 +945,27 @@ async def add_numbers(store: Store, *, account: str, numbers: Iterable[str]) -> 
     return wanted
 
 
+async def _find_number(
+    session: AsyncSession, e164: str, account: str | None
+) -> tuple[Number, Account]:
+    query = (
+        select(Number, Account)
+        .join(Account, Number.account_id == Account.id)
+        .where(Number.e164 == e164)
+    )
+    if account is not None:  # another account's number is not there at all
+        query = query.where(Account.name == account)
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise NotFoundError(f"no number {e164}{_in_account(account)} (add it with 'number add')")
+    return row[0], row[1]
+
+
 async def assign_number(
-    store: Store, number: str, *, profile: str, move: bool = False
+    store: Store, number: str, *, profile: str, move: bool = False, account: str | None = None
 ) -> NumberView:
-    """Deliver ``number`` to ``profile``, a profile of the number's own account.
+    """Deliver ``number`` to ``profile``, a profile of the number's own account
+    (of ``account``, when given: the number must belong to it).
 
     Assigning a number to the profile that has it already changes nothing.
     A number assigned to another profile is moved only with ``move=True``,
@@ -579,15 +975,7 @@ async def assign_number(
     _name(profile, "profile name")
     try:
         async with store.write() as session:
-            query = (
-                select(Number, Account)
-                .join(Account, Number.account_id == Account.id)
-                .where(Number.e164 == e164)
-            )
-            row = (await session.execute(query)).first()
-            if row is None:
-                raise NotFoundError(f"no number {e164} (add it with 'sipgw number add')")
-            entry, owner = row
+            entry, owner = await _find_number(session, e164, account)
             target = await session.scalar(
                 select(Profile).where(Profile.account_id == owner.id, Profile.name == profile)
             )
@@ -609,14 +997,74 @@ async def assign_number(
         raise _conflict(exc) from None
 
 
+async def unassign_number(store: Store, number: str, *, account: str | None = None) -> NumberView:
+    """Take ``number`` from the profile it is delivered to, back into its
+    account's pool (of ``account``, when given).  Inbound calls to it are
+    then refused until it is assigned again.  A number in the pool already
+    stays there."""
+    e164 = normalise_e164(number)
+    async with store.write() as session:
+        entry, owner = await _find_number(session, e164, account)
+        entry.profile_id = None
+        await session.flush()
+        return NumberView(e164=e164, account=owner.name, profile=None)
+
+
+async def list_numbers(
+    store: Store,
+    *,
+    account: str,
+    profile: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> Page[NumberView]:
+    """``account``'s numbers (only those delivered to ``profile``, if
+    given), ordered by number, one page at a time; ``profile`` is None on a
+    number in the pool."""
+    offset, limit = check_page(offset, limit)
+    async with store.read() as session:
+        owner = await _account(session, account)
+        condition = Number.account_id == owner.id
+        if profile is not None:
+            profile_id = await session.scalar(
+                select(Profile.id).where(Profile.account_id == owner.id, Profile.name == profile)
+            )
+            if profile_id is None:
+                raise NotFoundError(f"no profile named {profile!r} in account {account!r}")
+            condition = condition & (Number.profile_id == profile_id)
+        total = await session.scalar(select(func.count(Number.id)).where(condition))
+        query = (
+            select(Number.e164, Profile.name)
+            .outerjoin(Profile, Number.profile_id == Profile.id)
+            .where(condition)
+            .order_by(Number.e164)
+            .offset(offset)
+            .limit(limit)
+        )
+        items = [
+            NumberView(e164=e164, account=owner.name, profile=name)
+            for e164, name in await session.execute(query)
+        ]
+    return Page(items, int(total or 0), offset, limit)
+
+
 # ---------------------------------------------------------------------------
 # Presentation shared by the front ends
+
+
+def _host_port(host: str, port: object) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def profile_document(view: ProfileView, *, gateway_addresses: Sequence[str]) -> dict[str, Any]:
     """What a PBX administrator needs, as JSON-ready data: the credentials or
     the trusted address, the realm, where to send SIP (``gateway_addresses``,
-    from the gateway's settings) and the numbers delivered."""
+    from the gateway's settings), the credit, and the incoming calls: the
+    numbers delivered and where to (the registered PBX, or the IP:port)."""
+    if view.auth_mode is AuthMode.REGISTRATION or view.ip is None:
+        delivered_to = REGISTERED_PBX
+    else:
+        delivered_to = _host_port(view.ip, view.port)
     return {
         "id": view.id,
         "name": view.name,
@@ -630,6 +1078,47 @@ def profile_document(view: ProfileView, *, gateway_addresses: Sequence[str]) -> 
         "ip": view.ip,
         "port": view.port,
         "channel_limit": view.channel_limit,
+        "credit": str(view.credit),  # a string keeps the exact decimal
         "numbers": list(view.numbers),
+        "incoming": {"numbers": list(view.numbers), "delivered_to": delivered_to},
         "created_at": view.created_at.isoformat(),
+    }
+
+
+def account_document(view: AccountView) -> dict[str, Any]:
+    """An account as JSON-ready data; ``balance`` a string, exact."""
+    return {
+        "id": view.id,
+        "name": view.name,
+        "email": view.email,
+        "balance": str(view.balance),
+        "created_at": view.created_at.isoformat(),
+    }
+
+
+def number_document(view: NumberView) -> dict[str, Any]:
+    return {"number": view.e164, "account": view.account, "profile": view.profile}
+
+
+def deletion_document(report: DeletionReport) -> dict[str, Any]:
+    return {
+        "name": report.name,
+        "account": report.account,
+        "credit_returned": str(report.credit_returned),
+        "numbers_released": list(report.numbers_released),
+        "records_erased": report.records_erased,
+        "calls_up": report.calls_up,
+        "balance": str(report.balance),
+    }
+
+
+def page_document(page: Page[Any], documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """A page of a list as JSON-ready data: ``documents`` (the items, each
+    already a document) and where the page sits in the whole list."""
+    return {
+        "items": documents,
+        "total": page.total,
+        "offset": page.offset,
+        "limit": page.limit,
+        "next_offset": page.next_offset,
     }
