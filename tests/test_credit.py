@@ -1,0 +1,451 @@
+"""Credit logic (gateway/credit.py): rating, pricing and the per-profile
+meter, driven with an explicit clock (no sleeping, no database)."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.credit import (
+    CreditMeter,
+    billed_seconds,
+    call_cost,
+    elapsed_ms,
+    longest_prefix_rate,
+    normalise_destination,
+)
+
+D = Decimal
+
+# ---------------------------------------------------------------------------
+# Rating
+
+RATES = {
+    "": D("0.5000"),
+    "44": D("0.0200"),
+    "4420": D("0.0100"),
+    "447": D("0.1500"),
+    "4479": D("0.0900"),
+    "1": D("0.0080"),
+}
+
+
+@pytest.mark.parametrize(
+    ("destination", "price"),
+    [
+        ("+442079460000", D("0.0100")),  # 4420 beats 44
+        ("441134960000", D("0.0200")),  # 44 only
+        ("+447700900000", D("0.1500")),  # 447 beats 44
+        ("+447900900000", D("0.0900")),  # 4479 beats 447
+        ("+1 (212) 555-0100", D("0.0080")),  # visual separators (RFC 3966 §5.1.1)
+        ("+44 113.496-0000", D("0.0200")),
+        ("+33142278186", D("0.5000")),  # only the empty prefix
+        ("0044113496000", D("0.5000")),  # no dialling-plan rewriting
+        ("alice", D("0.5000")),  # not a number: only the empty prefix
+        ("44", D("0.0200")),  # the whole number is the prefix
+    ],
+)
+def test_the_longest_matching_prefix_wins(destination: str, price: Decimal) -> None:
+    assert longest_prefix_rate(RATES, destination) == price
+
+
+def test_without_the_empty_prefix_an_unknown_destination_has_no_rate() -> None:
+    rates = {k: v for k, v in RATES.items() if k}
+    assert longest_prefix_rate(rates, "+33142278186") is None
+    assert longest_prefix_rate(rates, "alice") is None
+    assert longest_prefix_rate(rates, "") is None
+    assert longest_prefix_rate({}, "+442079460000") is None
+
+
+def test_normalise_destination() -> None:
+    assert normalise_destination(" +44 (0) 113-496.0000 ") == "4401134960000"
+    assert normalise_destination("+") == ""
+    assert normalise_destination("12+3") == "12+3"  # only a leading "+" goes
+
+
+def test_a_large_rate_table_agrees_with_a_linear_scan() -> None:
+    rng = random.Random(5)
+    rates: dict[str, Decimal] = {}
+    while len(rates) < 10_000:
+        prefix = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 8)))
+        rates[prefix] = D(rng.randint(1, 99_999)).scaleb(-4)
+    for _ in range(400):
+        number = "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 15)))
+        matches = [p for p in rates if number.startswith(p)]
+        expected = rates[max(matches, key=len)] if matches else None
+        assert longest_prefix_rate(rates, "+" + number) == expected
+
+
+# ---------------------------------------------------------------------------
+# Pricing
+
+
+@pytest.mark.parametrize(
+    ("duration_ms", "seconds"),
+    [(0, 0), (1, 1), (999, 1), (1000, 1), (1001, 2), (60_000, 60), (60_001, 61)],
+)
+def test_every_started_second_is_billed(duration_ms: int, seconds: int) -> None:
+    assert billed_seconds(duration_ms) == seconds
+
+
+@pytest.mark.parametrize(
+    ("price", "duration_ms", "cost"),
+    [
+        (D("0.6000"), 0, D("0.0000")),  # an unanswered or instantly ended call
+        (D("0.6000"), 1, D("0.0100")),  # 1 ms is a second
+        (D("0.6000"), 10_000, D("0.1000")),  # exact: nothing rounded
+        (D("0.6000"), 10_001, D("0.1100")),
+        (D("0.0100"), 1_000, D("0.0002")),  # 0.000166… rounded up
+        (D("0.0001"), 1_000, D("0.0001")),  # never rounded down to nothing
+        (D("0.0000"), 3_600_000, D("0.0000")),  # a free destination
+        (D("1.2345"), 61_000, D("1.2551")),  # 1.25507… rounded up
+        (D("9999.9999"), 86_400_000, D("14399999.8560")),  # a day at a huge price
+    ],
+)
+def test_call_cost(price: Decimal, duration_ms: int, cost: Decimal) -> None:
+    assert call_cost(price, duration_ms) == cost
+    assert call_cost(price, duration_ms).as_tuple().exponent == -4
+
+
+def test_call_cost_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="negative duration"):
+        call_cost(D("0.1000"), -1)
+    with pytest.raises(ValueError, match="negative price"):
+        call_cost(D("-0.1000"), 1000)
+
+
+@given(
+    price=st.decimals(min_value=0, max_value=1000, places=4),
+    duration_ms=st.integers(0, 10**9),
+)
+def test_call_cost_is_never_less_than_the_exact_price(price: Decimal, duration_ms: int) -> None:
+    cost = call_cost(price, duration_ms)
+    exact = price * billed_seconds(duration_ms) / 60
+    assert exact <= cost < exact + D("0.0001")
+
+
+def test_elapsed_ms_rounds_to_the_nearest_millisecond() -> None:
+    assert elapsed_ms(100.0, 100.0) == 0
+    assert elapsed_ms(100.0, 99.0) == 0  # a clock never runs backwards into a refund
+    assert elapsed_ms(100.0, 100.0004) == 0
+    assert elapsed_ms(100.0, 100.0006) == 1
+    assert elapsed_ms(100.0, 110.0) == 10_000
+
+
+# ---------------------------------------------------------------------------
+# The meter
+
+
+def meter_with(credit: str, *, profile: int = 1, version: int = 1) -> CreditMeter:
+    meter = CreditMeter()
+    meter.set_snapshot(profile, D(credit), version)
+    return meter
+
+
+def test_a_profile_without_a_snapshot_has_no_credit() -> None:
+    meter = CreditMeter()
+    assert meter.available(7, 0.0) == 0
+    assert not meter.has_credit(7, 0.0)
+    assert meter.exhausted_at(7, 0.0) is None
+
+
+def test_has_credit_is_false_at_zero_and_true_above() -> None:
+    meter = meter_with("0")
+    assert not meter.has_credit(1, 0.0)
+    meter.set_snapshot(1, D("0.0001"), 2)
+    assert meter.has_credit(1, 0.0)
+
+
+def test_one_call_burns_per_started_second() -> None:
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("0.6000"), now=1000.0)  # 0.01 per second
+    assert meter.live_calls(1) == ["a"]
+    assert meter.available(1, 1000.0) == D("1.0000")
+    assert meter.available(1, 1000.001) == D("0.9900")  # the first second is started
+    assert meter.available(1, 1010.0) == D("0.9000")
+    assert meter.available(1, 1010.001) == D("0.8900")
+    # 100 seconds cost exactly the credit; the 101st overdraws.
+    assert meter.exhausted_at(1, 1000.0) == pytest.approx(1100.0005)
+    assert meter.available(1, 1100.0) == 0
+    assert not meter.has_credit(1, 1100.0)
+    assert meter.exhausted_at(1, 1100.0) == pytest.approx(1100.0005)
+    assert meter.available(1, 1100.001) == D("-0.0100")
+    assert meter.exhausted_at(1, 1100.001) == 1100.001  # overdrawn already
+
+
+def test_a_call_at_a_free_destination_burns_nothing() -> None:
+    meter = meter_with("1.0000")
+    meter.start(1, "free", D("0"), now=0.0)
+    assert meter.exhausted_at(1, 0.0) is None
+    assert meter.available(1, 10_000.0) == D("1.0000")
+    assert meter.stop("free", 10_000.0) == 0
+    assert meter.pending_cost(1) == 0
+
+
+def test_two_calls_at_different_rates_share_the_credit() -> None:
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("0.6000"), now=0.0)  # 0.01 per second
+    assert meter.exhausted_at(1, 0.0) == pytest.approx(100.0005)
+    meter.start(1, "b", D("1.2000"), now=10.0)  # 0.02 per second
+    # At 10 s "a" has spent 0.10; the 0.90 left go at 0.03 per second: 30 s.
+    # At 40 s "a" costs 0.40 and "b" 0.60, exactly the credit; the next
+    # started second of either overdraws.
+    assert sorted(meter.live_calls(1)) == ["a", "b"]
+    exhausted = meter.exhausted_at(1, 10.0)
+    assert exhausted == pytest.approx(40.0005)
+    assert meter.available(1, 40.0) == 0
+    assert meter.available(1, 40.001) < 0
+    # Ending both just before that moment costs exactly the credit.
+    assert meter.stop("a", 40.0) + meter.stop("b", 40.0) == D("1.0000")
+
+
+def test_calls_of_other_profiles_do_not_share_the_credit() -> None:
+    meter = meter_with("1.0000", profile=1)
+    meter.set_snapshot(2, D("1.0000"), 1)
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    meter.start(2, "b", D("6.0000"), now=0.0)
+    assert meter.exhausted_at(1, 0.0) == pytest.approx(100.0005)
+    assert meter.exhausted_at(2, 0.0) == pytest.approx(10.0005)
+    assert meter.live_calls(1) == ["a"]
+    assert meter.live_calls(2) == ["b"]
+
+
+def test_a_call_key_is_metered_once() -> None:
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    with pytest.raises(ValueError, match="already metered"):
+        meter.start(1, "a", D("0.6000"), now=1.0)
+    with pytest.raises(ValueError, match="negative price"):
+        meter.start(1, "b", D("-1"), now=1.0)
+
+
+def test_stop_of_an_unknown_call_costs_nothing() -> None:
+    meter = meter_with("1.0000")
+    assert meter.stop("nobody", 5.0) == 0
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    assert meter.stop("a", 5.0) == D("0.0500")
+    assert meter.stop("a", 9.0) == 0  # stopped twice: the second costs nothing
+    assert meter.live_calls(1) == []
+
+
+def test_stop_commit_then_snapshot_counts_the_cost_exactly_once() -> None:
+    meter = meter_with("1.0000", version=4)
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    assert meter.stop("a", 30.0) == D("0.3000")
+    assert meter.available(1, 31.0) == D("0.7000")  # pending
+    meter.committed("a", 5)
+    assert meter.available(1, 31.0) == D("0.7000")  # still pending: snapshot is v4
+    meter.set_snapshot(1, D("1.0000"), 4)  # a reload of the same version
+    assert meter.available(1, 31.0) == D("0.7000")
+    meter.set_snapshot(1, D("0.7000"), 5)  # the reload that holds the debit
+    assert meter.pending_cost(1) == 0
+    assert meter.available(1, 31.0) == D("0.7000")  # not counted twice
+    meter.set_snapshot(1, D("0.7000"), 6)
+    assert meter.available(1, 31.0) == D("0.7000")
+
+
+def test_a_snapshot_reloaded_before_the_commit_is_reported() -> None:
+    """The writer commits (version 5), another task reloads the directory,
+    and only then does the writer's report arrive: in between the cost is
+    counted twice (refusing, never over-spending), then once."""
+    meter = meter_with("1.0000", version=4)
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    meter.stop("a", 30.0)
+    meter.set_snapshot(1, D("0.7000"), 5)
+    assert meter.available(1, 31.0) == D("0.4000")  # counted twice for now
+    meter.committed("a", 5)
+    assert meter.pending_cost(1) == 0
+    assert meter.available(1, 31.0) == D("0.7000")
+
+
+def test_a_snapshot_older_than_the_commit_keeps_the_cost_pending() -> None:
+    meter = meter_with("1.0000", version=4)
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    meter.stop("a", 30.0)
+    meter.committed("a", 7)  # other changes bumped the version meanwhile
+    meter.set_snapshot(1, D("1.0000"), 6)  # read before the debit committed
+    assert meter.available(1, 31.0) == D("0.7000")
+    meter.set_snapshot(1, D("0.7000"), 7)
+    assert meter.available(1, 31.0) == D("0.7000")
+    assert meter.pending_cost(1) == 0
+
+
+def test_a_late_reload_of_an_older_snapshot_is_ignored() -> None:
+    meter = meter_with("0.7000", version=9)
+    meter.set_snapshot(1, D("1.0000"), 8)
+    assert meter.available(1, 0.0) == D("0.7000")
+
+
+def test_a_commit_reported_for_a_call_with_nothing_pending_is_ignored() -> None:
+    meter = meter_with("1.0000")
+    meter.committed("never-started", 3)
+    meter.start(1, "short", D("0.6000"), now=0.0)
+    meter.stop("short", 0.0)  # 0 ms: nothing to pend
+    meter.committed("short", 3)
+    assert meter.available(1, 1.0) == D("1.0000")
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("stop", "commit", "snapshot"),
+        ("stop", "snapshot", "commit"),
+    ],
+)
+def test_every_order_ends_with_the_cost_counted_once(order: tuple[str, ...]) -> None:
+    meter = meter_with("5.0000", version=1)
+    meter.start(1, "a", D("6.0000"), now=0.0)  # 0.10 per second
+    meter.start(1, "b", D("6.0000"), now=0.0)
+    for step in order:
+        if step == "stop":
+            assert meter.stop("a", 10.0) == D("1.0000")
+        elif step == "commit":
+            meter.committed("a", 2)
+        else:
+            meter.set_snapshot(1, D("4.0000"), 2)
+    # "b" still runs: 10 s cost 1.00, so 5.00 - 1.00 ("a") - 1.00 ("b").
+    assert meter.available(1, 10.0) == D("3.0000")
+    assert meter.exhausted_at(1, 10.0) == pytest.approx(40.0005)
+
+
+def test_forget_drops_the_profile_but_stop_still_prices_its_calls() -> None:
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    meter.start(1, "b", D("0.6000"), now=0.0)
+    meter.stop("a", 10.0)
+    meter.forget(1)
+    assert meter.pending_cost(1) == 0
+    assert meter.available(1, 10.0) == 0
+    assert meter.stop("b", 20.0) == D("0.2000")  # for its call record
+    assert meter.pending_cost(1) == 0  # nobody will report it committed
+    assert meter.live_calls(1) == []
+
+
+def test_exhausted_at_with_many_calls_matches_a_walk_in_milliseconds() -> None:
+    rng = random.Random(11)
+    meter = meter_with("3.0000")
+    for index in range(20):
+        price = D(rng.randint(1, 30_000)).scaleb(-4)
+        meter.start(1, f"c{index}", price, now=rng.uniform(0, 5))
+    now = 5.0
+    exhausted = meter.exhausted_at(1, now)
+    assert exhausted is not None
+    # Walk the clock in half-millisecond steps: the first moment the
+    # calls overdraw is where the meter said.
+    t = now
+    while meter.available(1, t) >= 0:
+        t += 0.0005
+        assert t < now + 3600
+    assert t - 0.0005 < exhausted <= t + 1e-9
+    assert meter.available(1, exhausted - 0.0002) >= 0
+    assert meter.available(1, exhausted + 0.0002) < 0
+
+
+# ---------------------------------------------------------------------------
+# Properties
+
+prices = st.decimals(min_value=0, max_value=20, places=4)
+call_plans = st.lists(
+    st.tuples(prices, st.floats(min_value=0, max_value=600, allow_nan=False)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    credit=st.decimals(min_value=0, max_value=100, places=4),
+    calls=call_plans,
+    moments=st.lists(st.floats(min_value=0, max_value=7200, allow_nan=False), max_size=30),
+)
+def test_available_never_goes_up_while_calls_burn(
+    credit: Decimal, calls: list[tuple[Decimal, float]], moments: list[float]
+) -> None:
+    meter = meter_with(str(credit))
+    for index, (price, answered) in enumerate(calls):
+        meter.start(1, f"c{index}", price, now=answered)
+    last = None
+    for now in sorted(moments):
+        value = meter.available(1, now)
+        assert value <= credit
+        if last is not None:
+            assert value <= last
+        last = value
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    credit=st.decimals(min_value=0, max_value=50, places=4),
+    calls=call_plans,
+    now=st.floats(min_value=0, max_value=900, allow_nan=False),
+)
+def test_exhausted_at_is_where_available_turns_negative(
+    credit: Decimal, calls: list[tuple[Decimal, float]], now: float
+) -> None:
+    meter = meter_with(str(credit))
+    for index, (price, answered) in enumerate(calls):
+        meter.start(1, f"c{index}", price, now=answered)
+    exhausted = meter.exhausted_at(1, now)
+    if all(price == 0 for price, _ in calls):
+        assert exhausted is None
+        return
+    assert exhausted is not None
+    assert exhausted >= now
+    assert meter.available(1, exhausted + 0.0002) < 0
+    if exhausted > now:
+        assert meter.available(1, max(now, exhausted - 0.0002)) >= 0
+    else:
+        assert meter.available(1, now) < 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    costs=st.lists(st.integers(1, 600), min_size=1, max_size=8),
+    data=st.data(),
+)
+def test_pending_costs_are_counted_once_whatever_the_order(
+    costs: list[int], data: st.DataObject
+) -> None:
+    """Calls end, their commits are reported in some order at increasing
+    versions, and snapshots holding the debits arrive in some order: at
+    every step available equals the credit minus the costs not yet in the
+    snapshot held (or less, while a commit is unreported); at the end,
+    exactly the credit the database holds."""
+    meter = meter_with("1000.0000", version=1)
+    price = D("0.6000")
+    ended: dict[str, Decimal] = {}
+    for index, seconds in enumerate(costs):
+        key = f"c{index}"
+        meter.start(1, key, price, now=0.0)
+        ended[key] = meter.stop(key, float(seconds))
+    versions = {key: 2 + index for index, key in enumerate(ended)}  # commit i → version 2+i
+    events = [("commit", key) for key in ended] + [("snapshot", key) for key in ended]
+    order = data.draw(st.permutations(events))
+    reported: set[str] = set()
+    held_version = 1
+    for kind, key in order:
+        if kind == "commit":
+            meter.committed(key, versions[key])
+            reported.add(key)
+        else:
+            held_version = max(held_version, versions[key])
+            meter.set_snapshot(
+                1, D("1000.0000") - _debited(ended, versions, held_version), held_version
+            )
+        in_snapshot = {k for k in ended if versions[k] <= held_version}
+        exact = D("1000.0000") - sum((ended[k] for k in ended if k not in in_snapshot), D(0))
+        exact -= _debited(ended, versions, held_version)
+        value = meter.available(1, 0.0)
+        assert value <= exact
+        if reported >= in_snapshot:
+            assert value == exact
+    assert meter.available(1, 0.0) == D("1000.0000") - sum(ended.values(), D(0))
+    assert meter.pending_cost(1) == 0
+
+
+def _debited(ended: dict[str, Decimal], versions: dict[str, int], version: int) -> Decimal:
+    return sum((ended[k] for k in ended if versions[k] <= version), D(0))
