@@ -27,7 +27,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from admission import AdmissionController, MemoryAdmission, RedisAdmission
 from gateway import __version__
 from gateway.calls import CallRouter, CarrierSettings, Hop
+from gateway.cdr import CallRecordEntry, CallRecordWriter
+from gateway.credit import CreditMeter
 from gateway.directory import Directory, load_directory, watch_directory
+from gateway.mailer import SMTPMailer
 from gateway.metrics import Metrics
 from gateway.notify import listen_for_changes
 from gateway.registrar import LocationService, RegistrarPolicy
@@ -170,6 +173,12 @@ METRICS = web.AppKey("metrics", Metrics)
 #: Set it after a change to profiles, numbers, credit or rates: the
 #: directory is reloaded at once instead of at the next poll.
 DIRECTORY_REFRESH = web.AppKey("directory_refresh", asyncio.Event)
+CALL_RECORDS = web.AppKey("call_records", CallRecordWriter)
+#: Seconds the BYEs of calls ended at shutdown get to leave.
+SHUTDOWN_GRACE = 0.2
+#: Seconds a stopping gateway keeps trying to write its call records before
+#: it spools the rest to ``store.record_spool``.
+RECORD_FLUSH_TIMEOUT = 5.0
 
 
 def _advertised(transport: TransportLayer) -> tuple[str, int]:
@@ -243,6 +252,14 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         await transport.close()
         raise
     admission = _admission(settings)
+    meter = CreditMeter()
+
+    def committed(entries: list[CallRecordEntry], version: int) -> None:
+        for entry in entries:
+            meter.committed(entry.record_key, version)
+
+    records = CallRecordWriter(store, spool_path=settings.store.record_spool, on_commit=committed)
+    await records.load_spool()
     router = CallRouter(
         layer=layer,
         io=service,
@@ -259,9 +276,12 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         observer=metrics,
         max_call_duration=settings.calls.max_call_duration,
         min_session_expires=settings.calls.min_session_expires,
+        meter=meter,
+        records=records,
     )
     service.router = router
     transport.handler = service
+    router.apply_directory(directory)  # the credit meter's first snapshot
 
     def apply(new: Directory) -> None:
         router.apply_directory(new)
@@ -284,6 +304,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         ),
         asyncio.create_task(sweep_registrations()),
+        asyncio.create_task(records.run()),
     ]
     if store.dialect == "postgresql":
         # Other nodes' and the CLI's changes arrive at once (LISTEN/NOTIFY).
@@ -294,10 +315,17 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ADMISSION] = admission
     app[METRICS] = metrics
     app[DIRECTORY_REFRESH] = refresh
+    app[CALL_RECORDS] = records
     yield
+    ended = router.end_all_calls()
+    if ended:
+        # Let the BYEs (and CANCELs) leave before the sockets close.
+        logger.info("%d calls ended at shutdown", ended)
+        await asyncio.sleep(SHUTDOWN_GRACE)
     for task in background:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
+    await records.close(RECORD_FLUSH_TIMEOUT)
     await transport.close()
     await service.close()
     await admission.close()
@@ -325,6 +353,7 @@ async def healthz(request: web.Request) -> web.Response:
             "transactions": len(router.layer),
             "tracked": router.tracked,
             "registrations": sum(router.registrar.counts(app[SIP_SERVICE].now()).values()),
+            "call_records_pending": app[CALL_RECORDS].pending,
         }
     )
 
@@ -348,4 +377,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(sip_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
+    # Imported here: gateway.api imports this module's application keys.
+    from gateway.api import mount_api  # noqa: PLC0415
+
+    mount_api(app, mailer=SMTPMailer(settings.smtp))  # disabled when smtp.host is empty
     return app

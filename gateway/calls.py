@@ -29,10 +29,14 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from admission import AdmissionController, Admitted, RejectReason
+from gateway.cdr import CallRecordEntry, new_record_key
+from gateway.credit import CreditMeter, elapsed_ms, longest_prefix_rate
 from gateway.directory import Directory, ProfileEntry
 from gateway.registrar import LocationService, build_register_response
 from sip.digest import DigestRealm, Verified, ha1_algorithm
@@ -111,6 +115,12 @@ SUPPORTED_OPTION_TAGS: frozenset[str] = frozenset()
 DEFAULT_MAX_CALL_DURATION = 4 * 3600.0
 #: Warning text of a 503 for a full profile (RFC 3261 §20.43, code 399: miscellaneous).
 CHANNEL_LIMIT_TEXT = "Channel limit reached"
+#: Warning texts of outbound calls refused for money reasons.
+NO_CREDIT_TEXT = "No credit left"
+NO_RATE_TEXT = "No rate for this destination"
+#: Calls are cut this long before the credit would be overdrawn (seconds):
+#: a BYE that leaves late must not start another billed second.
+CREDIT_MARGIN = 0.2
 
 
 class ReleaseReason(StrEnum):
@@ -125,6 +135,8 @@ class ReleaseReason(StrEnum):
     SESSION_EXPIRED = "session_expired"  # no session refresh (RFC 4028 §8.3)
     MAX_DURATION = "max_duration"  # the configured maximum call duration
     PROFILE_DELETED = "profile_deleted"  # its profile was deleted with calls up
+    CREDIT_EXHAUSTED = "credit_exhausted"  # the profile's credit ran out (BYE both sides)
+    SHUTDOWN = "shutdown"  # the gateway stopped (BYE both sides)
     ERROR = "error"  # the gateway could not forward the INVITE (500)
 
 
@@ -165,6 +177,12 @@ class RouterObserver(Protocol):
     def call_setup_time(self, seconds: float) -> None: ...
 
     def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None: ...
+
+
+class RecordSink(Protocol):
+    """Where finished calls' records go (``gateway.cdr.CallRecordWriter``)."""
+
+    def submit(self, entry: CallRecordEntry) -> None: ...
 
 
 class _Unobserved:
@@ -244,6 +262,17 @@ class Call:
     caller_cseq: int = 0
     callee_cseq: int = 0
     setup_observed: bool = False
+    # The call record (CDR): wall-clock times, the price of an outbound
+    # call's destination, the INVITE's final status.
+    record_key: str = field(default_factory=new_record_key)
+    caller: str = ""
+    callee: str = ""
+    started_at: datetime | None = None
+    answered_mono: float | None = None  # monotonic time of the answer
+    answered_at: datetime | None = None
+    price: Decimal | None = None  # per minute; outbound calls only
+    final_status: int = 0
+    recorded: bool = False
     timers: list[Any] = field(default_factory=list)
     session_timer: Any = None  # RFC 4028: when the session expires unless refreshed
 
@@ -275,6 +304,9 @@ class CallRouter:
         observer: RouterObserver | None = None,
         max_call_duration: float = DEFAULT_MAX_CALL_DURATION,
         min_session_expires: int = MIN_SE_FLOOR,
+        meter: CreditMeter | None = None,
+        records: RecordSink | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.layer = layer
         self.io = io
@@ -290,6 +322,11 @@ class CallRouter:
         self.observer: RouterObserver = observer if observer is not None else _Unobserved()
         self.max_call_duration = max_call_duration
         self.min_session_expires = min_session_expires
+        # Without a meter outbound calls are not charged (unit tests).
+        self.meter = meter
+        self.records = records
+        self.wall_clock = wall_clock
+        self._credit_timers: dict[int, Any] = {}
         self.calls: dict[str, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
@@ -309,6 +346,9 @@ class CallRouter:
         and its calls are ended (BYE both sides, or CANCEL and 487 while
         ringing), which frees their channels."""
         self.directory = new
+        if self.meter is not None:
+            for profile in new.profiles():
+                self.meter.set_snapshot(profile.id, profile.credit, new.version)
         gone: set[int] = set()
         for call in list(self.calls.values()):
             entry = new.profile(call.profile.id)
@@ -323,6 +363,20 @@ class CallRouter:
                 self.registrar.remove_profile(profile_id)
         if gone:
             logger.info("profiles %s deleted: their calls and registrations are gone", sorted(gone))
+        if self.meter is not None:
+            for profile_id in gone:
+                self.meter.forget(profile_id)
+            # A credit change moves the moment live calls must end.
+            for profile_id in {call.profile.id for call in self.calls.values()}:
+                self._schedule_credit_check(profile_id)
+
+    def end_all_calls(self, why: str = "Gateway shutting down") -> int:
+        """End every call (graceful shutdown): their channels are freed and
+        their records written.  Returns how many there were."""
+        calls = list(self.calls.values())
+        for call in calls:
+            self._abort_call(call, why, ReleaseReason.SHUTDOWN)
+        return len(calls)
 
     def _abort_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
         """End a call whatever its state: answered calls get BYE on both
@@ -584,6 +638,9 @@ class CallRouter:
         if self._session_interval_refused(tx, request):
             return
         call = Call(request.call_id, profile, direction, tx, pbx, started=self.io.now())
+        call.started_at = self.wall_clock()
+        call.caller = request.from_.uri.user or str(request.from_.uri)
+        call.callee = request.uri.user or str(request.uri)
         source = request.source
         assert source is not None
         call.carrier_side = hop if direction == "outbound" else Hop(*source[:3])
@@ -598,31 +655,52 @@ class CallRouter:
         self._by_server_tx[tx] = call
         self.io.spawn(self._admit(call, request, target, hop))
 
+    def _refuse(
+        self,
+        call: Call,
+        request: Request,
+        result: str,
+        status: int,
+        text: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        """An initial INVITE not admitted: answered here, counted, recorded;
+        it never held a channel."""
+        self.observer.admission(call.profile.account, call.profile.name, result)
+        self._observe_setup(call)
+        call.released = True
+        extra = None
+        if text is not None:
+            extra = [
+                ("Warning", f'399 {self._host_port()} "{text}"'),
+                ("Reason", f'SIP;cause={status};text="{text}"'),
+            ]
+        self._respond(call.server_tx, request, status, reason, extra=extra)
+        self._finish(call)
+
     async def _admit(self, call: Call, request: Request, target: URI, hop: Hop) -> None:
+        if call.direction == "outbound" and self.meter is not None:
+            # Credit is checked before a channel is taken (issue 5: 402).
+            call.price = longest_prefix_rate(self.directory.rates, call.callee)
+            if call.price is None:
+                self._refuse(call, request, "no_rate", 403, NO_RATE_TEXT)
+                return
+            if not self.meter.has_credit(call.profile.id, self.io.now()):
+                self._refuse(call, request, "no_credit", 402, NO_CREDIT_TEXT)
+                return
         result = await self.admission.acquire(
             call.profile.id, call.call_id, call.profile.channel_limit
         )
         account, name = call.profile.account, call.profile.name
         if not isinstance(result, Admitted):
-            self.observer.admission(account, name, result.reason.value)
-            self._observe_setup(call)
-            call.released = True  # it never held a channel
-            self._finish(call)
             if result.reason is not RejectReason.CHANNEL_LIMIT:
                 # The Call-ID already holds a channel for another profile
                 # (a hairpin through the gateway): RFC 3261 §8.2.2.2.
-                self._respond(call.server_tx, request, 482, "Merged Request")
+                self._refuse(call, request, result.reason.value, 482, reason="Merged Request")
                 return
             self.stats.calls_rejected_channel_limit += 1
-            self._respond(
-                call.server_tx,
-                request,
-                503,
-                extra=[
-                    ("Warning", f'399 {self._host_port()} "{CHANNEL_LIMIT_TEXT}"'),
-                    ("Reason", f'SIP;cause=503;text="{CHANNEL_LIMIT_TEXT}"'),
-                ],
-            )
+            self._refuse(call, request, result.reason.value, 503, CHANNEL_LIMIT_TEXT)
             return
         self.stats.calls_admitted += 1
         self.observer.admission(account, name, "admitted")
@@ -722,7 +800,10 @@ class CallRouter:
         if relay.initial_invite and call is not None and status >= 200:
             first_final = not call.final_relayed
             call.final_relayed = True
+            call.final_status = status
             if status < 300:
+                if not call.answered:
+                    self._answered(call)
                 call.answered = True
                 if call.direction == "outbound" and call.carrier_contact is None:
                     call.carrier_contact = _contact_uri(response)
@@ -824,6 +905,7 @@ class CallRouter:
             if call.final_relayed:
                 return
             call.final_relayed = True
+            call.final_status = 408 if timeout else 503
             self._release(call, ReleaseReason.TIMEOUT if timeout else ReleaseReason.UNREACHABLE)
         status = 408 if timeout else 503
         reason = "Request Timeout" if timeout else "Next hop unreachable"
@@ -974,6 +1056,11 @@ class CallRouter:
         await self.admission.release(call_id)
 
     def _finish(self, call: Call) -> None:
+        cost = Decimal(0)
+        if call.answered_mono is not None and self.meter is not None and call.price is not None:
+            cost = self.meter.stop(call.record_key, self.io.now())
+            self._schedule_credit_check(call.profile.id)
+        self._record(call, cost)
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
@@ -982,6 +1069,76 @@ class CallRouter:
             call.session_timer = None
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
+
+    # -- credit and call records ---------------------------------------------------
+    def _answered(self, call: Call) -> None:
+        """The callee answered: an outbound call starts spending credit at
+        its destination's price, and every call of its profile may now
+        have to end sooner (they share the credit)."""
+        now = self.io.now()
+        call.answered_mono = now
+        call.answered_at = self.wall_clock()
+        if self.meter is not None and call.price is not None:
+            self.meter.start(call.profile.id, call.record_key, call.price, now)
+            self._schedule_credit_check(call.profile.id)
+
+    def _schedule_credit_check(self, profile_id: int) -> None:
+        """(Re)arm the moment the profile's live calls exhaust its credit."""
+        timer = self._credit_timers.pop(profile_id, None)
+        if timer is not None:
+            timer.cancel()
+        if self.meter is None:
+            return
+        now = self.io.now()
+        when = self.meter.exhausted_at(profile_id, now)
+        if when is None:
+            return
+        self._credit_timers[profile_id] = self.io.call_at(
+            max(now, when - CREDIT_MARGIN), lambda: self._credit_exhausted(profile_id)
+        )
+
+    def _credit_exhausted(self, profile_id: int) -> None:
+        """The credit is spent: every charged call of the profile ends, BYE
+        to both sides; the cost is debited when the records are written."""
+        self._credit_timers.pop(profile_id, None)
+        charged = [
+            call
+            for call in self.calls.values()
+            if call.profile.id == profile_id and call.answered_mono is not None and call.price
+        ]
+        for call in charged:
+            self._end_call(call, "Credit exhausted", ReleaseReason.CREDIT_EXHAUSTED)
+        if charged:
+            logger.info("profile %d: credit exhausted, %d calls ended", profile_id, len(charged))
+
+    def _record(self, call: Call, cost: Decimal) -> None:
+        """Hand the call's record to the writer (once per call)."""
+        if call.recorded or self.records is None or call.started_at is None:
+            return
+        call.recorded = True
+        duration = 0
+        if call.answered_mono is not None:
+            duration = elapsed_ms(call.answered_mono, self.io.now())
+        status = call.final_status or (200 if call.answered_mono is not None else 500)
+        try:
+            entry = CallRecordEntry(
+                record_key=call.record_key,
+                profile_id=call.profile.id,
+                call_id=call.call_id,
+                direction=call.direction,
+                caller=call.caller,
+                callee=call.callee,
+                started_at=call.started_at,
+                answered_at=call.answered_at,
+                ended_at=self.wall_clock(),
+                duration_ms=duration,
+                final_status=status,
+                cost=cost,
+            )
+        except ValueError as error:  # never lose the call over a bad field
+            logger.error("call %s: no record: %s", call.call_id, error)
+            return
+        self.records.submit(entry)
 
     # -- helpers -------------------------------------------------------------------
     def _host_port(self) -> str:
@@ -1026,6 +1183,10 @@ class CallRouter:
         self._send(tx, self._reply(request, status, reason, extra=extra))
 
     def _send(self, tx: ServerTransaction, response: Response) -> None:
+        if response.status >= 200:
+            call = self._by_server_tx.get(tx)
+            if call is not None and call.server_tx is tx and not call.final_status:
+                call.final_status = response.status
         try:
             actions = self.layer.send_response(tx, response, self.io.now())
         except TransactionError:

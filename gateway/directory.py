@@ -32,10 +32,11 @@ import logging
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from sqlalchemy import select
 
-from gateway.models import Account, AuthMode, DirectoryVersion, Number, Profile
+from gateway.models import Account, AuthMode, DirectoryVersion, Number, Profile, Rate
 from gateway.settings import canonical_ip
 from gateway.store import Store
 from sip.digest import ha1
@@ -78,6 +79,7 @@ class ProfileEntry:
     port: int | None
     channel_limit: int
     account: str = ""  # the owning account's name (profile names are unique per account)
+    credit: Decimal = Decimal(0)  # as committed in the database at this snapshot
 
 
 def _number_key(number: str) -> str:
@@ -92,7 +94,7 @@ class Directory:
     ``directory_version`` this snapshot was read at.
     """
 
-    __slots__ = ("_by_id", "_by_ip", "_by_number", "_by_udp", "_by_username", "version")
+    __slots__ = ("_by_id", "_by_ip", "_by_number", "_by_udp", "_by_username", "rates", "version")
 
     def __init__(
         self,
@@ -100,8 +102,11 @@ class Directory:
         numbers: Mapping[str, int] | None = None,
         *,
         version: int = 0,
+        rates: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.version = version
+        #: Outbound prices: destination prefix (digits) -> price per minute.
+        self.rates: Mapping[str, Decimal] = types.MappingProxyType(dict(rates or {}))
         self._by_id: dict[int, ProfileEntry] = {}
         self._by_username: dict[str, ProfileEntry] = {}
         self._by_udp: dict[tuple[str, int], ProfileEntry] = {}
@@ -184,8 +189,9 @@ async def load_directory(store: Store) -> Directory:
             select(Number.e164, Number.profile_id).where(Number.profile_id.is_not(None))
         )
         assigned = {e164: profile_id for e164, profile_id in numbers if profile_id is not None}
+        rates = dict((await session.execute(select(Rate.prefix, Rate.price_per_minute))).all())
     entries = [_entry(store, profile, account) for profile, account in rows]
-    return Directory(entries, assigned, version=int(version or 0))
+    return Directory(entries, assigned, version=int(version or 0), rates=rates)
 
 
 def _entry(store: Store, profile: Profile, account: str) -> ProfileEntry:
@@ -218,6 +224,7 @@ def _entry(store: Store, profile: Profile, account: str) -> ProfileEntry:
         port=profile.udp_port,
         channel_limit=profile.channel_limit,
         account=account,
+        credit=profile.credit,
     )
 
 

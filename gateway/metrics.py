@@ -36,7 +36,7 @@ KNOWN_METHODS = frozenset(
     }
 )  # fmt: skip
 #: Every result an admission can have, as labelled.
-ADMISSION_RESULTS = ("admitted", "channel_limit", "call_id_in_use")
+ADMISSION_RESULTS = ("admitted", "channel_limit", "call_id_in_use", "no_credit", "no_rate")
 #: Every reason a channel can be given back for.
 RELEASE_REASONS = tuple(reason.value for reason in ReleaseReason)
 # Call setup (INVITE in → first ringing/answer/final out) is milliseconds on
@@ -64,16 +64,23 @@ class _StateCollector(Collector):
         registered = GaugeMetricFamily(
             "sipgw_registrations", "Live registration bindings of the profile.", labels=PROFILE
         )
+        credit = GaugeMetricFamily(
+            "sipgw_profile_credit",
+            "Credit of the profile as last committed to the database (before live calls).",
+            labels=PROFILE,
+        )
         counts = m.channel_counts
         registrations = m.registration_counts()
         for entry in m.directory().profiles():
             labels = [entry.account, entry.name]
             in_use.add_metric(labels, counts.get(entry.id, 0))
             limit.add_metric(labels, entry.channel_limit)
+            credit.add_metric(labels, float(entry.credit))
             if entry.auth_mode == "registration":
                 registered.add_metric(labels, registrations.get(entry.id, 0))
         yield in_use
         yield limit
+        yield credit
         yield registered
 
 

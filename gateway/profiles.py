@@ -444,7 +444,7 @@ async def _profile_view(
                 ip=profile.ip_address,
                 port=profile.udp_port,
                 channel_limit=profile.channel_limit,
-                credit=profile.credit,
+                credit=profile.credit.quantize(_MONEY_QUANTUM),
                 numbers=tuple(numbers.get(profile.id, ())),
                 created_at=profile.created_at,
             )
@@ -666,12 +666,15 @@ async def _free_username(session: AsyncSession) -> str:
     raise ConflictError("could not generate an unused SIP username; try again")
 
 
-async def get_profile(store: Store, name: str, *, account: str | None = None) -> ProfileView:
+async def get_profile(
+    store: Store, name: str, *, account: str | None = None, reveal: bool = True
+) -> ProfileView:
     """One profile by name; ``account`` is needed when several accounts have
-    a profile of that name."""
+    a profile of that name.  ``reveal=False`` leaves the password out (and
+    needs no secret key), for callers that only need the profile."""
     async with store.read() as session:
         row = await _find_profile(session, name, account)
-        (view,) = await _profile_view(store, session, [row])
+        (view,) = await _profile_view(store, session, [row], reveal=reveal)
         return view
 
 
@@ -854,10 +857,8 @@ async def delete_profile(
         raise ValidationError(
             f"confirmation does not match: repeat the profile name {name!r} exactly to delete it"
         )
-    async with store.read() as session:
-        row = await _find_profile(session, name, account)
-        # No password needed (nor the key that decrypts it) to delete.
-        (view,) = await _profile_view(store, session, [row], reveal=False)
+    # No password needed (nor the key that decrypts it) to delete.
+    view = await get_profile(store, name, account=account, reveal=False)
     calls = await active_calls(view)
     if calls > 0 and not end_calls:
         them = "it" if calls == 1 else "them"

@@ -72,6 +72,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: place share it without any set-up.
 DEFAULT_DATABASE = "sqlite+aiosqlite:///var/sipgw.sqlite3"
 DEFAULT_SECRET_KEY_FILE = "var/secret.key"
+DEFAULT_RECORD_SPOOL = "var/call-records.spool"
 #: Environment variable holding the Fernet key; it wins over the key file, for
 #: deployments that inject secrets rather than ship files.
 SECRET_KEY_ENV = "SIPGW_SECRET_KEY"
@@ -225,6 +226,9 @@ class StoreSettings:
     database: str = DEFAULT_DATABASE
     secret_key_file: Path = Path(DEFAULT_SECRET_KEY_FILE)
     directory_poll_interval: float = 1.0
+    # Call records not yet written when the gateway stops (the database was
+    # away) wait here and are written at the next start.
+    record_spool: Path = Path(DEFAULT_RECORD_SPOOL)
 
 
 class CarrierSource(NamedTuple):
@@ -690,13 +694,21 @@ def _carrier_source(text: object, key: str) -> CarrierSource:
 
 
 def _store_section(data: Mapping[str, Any]) -> StoreSettings:
-    section = _section(data, "store", ("database", "secret_key_file", "directory_poll_interval"))
+    section = _section(
+        data,
+        "store",
+        ("database", "secret_key_file", "directory_poll_interval", "record_spool"),
+    )
+    spool = section.get("record_spool", DEFAULT_RECORD_SPOOL)
+    if not isinstance(spool, str) or not spool.strip():
+        raise ConfigError("store.record_spool", f"must be a file path, got {_show(spool)}")
     key_file = section.get("secret_key_file", DEFAULT_SECRET_KEY_FILE)
     if not isinstance(key_file, str) or not key_file.strip() or "\0" in key_file:
         raise ConfigError("store.secret_key_file", f"must be a file path, got {_show(key_file)}")
     return StoreSettings(
         database=parse_database_url(section.get("database", DEFAULT_DATABASE), "store.database"),
         secret_key_file=Path(key_file),
+        record_spool=Path(spool),
         directory_poll_interval=_seconds(section, "directory_poll_interval", 1.0, "store"),
     )
 

@@ -84,7 +84,10 @@ def run_rate(rate: int, calls: int, workdir: Path, backend: str = "memory") -> d
     env = dict(os.environ)
     env["SIPGW_SECRET_KEY"] = "cVxkB1M2cVkU3QvbzFhDPm1i8gAJ6fS0uE0GJ5q5yPY="
     database = f"sqlite+aiosqlite:///{workdir}/{backend}-{rate}.sqlite3"
-    cli(env, database, "account", "create", "--name", "bench", "--email", "bench@example.test")
+    cli(
+        env, database, "account", "create", "--name", "bench", "--email", "bench@example.test",
+        "--balance", "1000000",
+    )  # fmt: skip
     profile = cli(
         env,
         database,
@@ -97,6 +100,9 @@ def run_rate(rate: int, calls: int, workdir: Path, backend: str = "memory") -> d
         "--auth",
         "registration",
     )
+    # Outbound calls are charged: a price for every destination and credit.
+    cli(env, database, "rate", "set", "", "0.0100")
+    cli(env, database, "profile", "credit", "pbx", "--account", "bench", "--add", "1000000")
     config = workdir / f"gateway-{backend}-{rate}.toml"
     prefix = f"sipgw-bench-{os.getpid()}-{rate}:"
     config.write_text(

@@ -523,6 +523,16 @@ class GatewayHome:
                 f"sipgw {shlex.join(args)} --json printed no JSON: {result.stdout!r}"
             ) from None
 
+    def open_for_calls(
+        self, account: str, profiles: Sequence[str], *, credit: str = "1000", price: str = "0"
+    ) -> None:
+        """Outbound calls are charged (issue 5): a default rate of ``price``
+        per minute for every destination, and ``credit`` moved from the
+        account's balance (it must hold enough) to each of ``profiles``."""
+        self.cli("rate", "set", "", price)
+        for profile in profiles:
+            self.cli("profile", "credit", profile, "--account", account, "--add", credit)
+
     def serve(
         self,
         *,

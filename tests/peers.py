@@ -162,7 +162,10 @@ UNASSIGNED_NUMBER = "+441134960002"  # in the account's pool, assigned to nobody
 def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> dict[str, str]:
     """An account with an IP profile "pbx" and a registration profile "reg"
     (returned: its CLI JSON), with numbers as named above."""
-    home.cli("account", "create", "--name", ACCOUNT, "--email", "ops@acme.example")
+    home.cli(
+        "account", "create", "--name", ACCOUNT, "--email", "ops@acme.example",
+        "--balance", "10000",
+    )  # fmt: skip
     home.cli(
         "profile", "create", "--account", ACCOUNT, "--name", "pbx", "--auth", "ip",
         "--ip", pbx[0], "--port", str(pbx[1]),
@@ -172,6 +175,7 @@ def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> dict[str, str]:
     )
     home.cli("number", "add", "--account", ACCOUNT, REGISTERED_NUMBER, UNASSIGNED_NUMBER)
     home.cli("number", "assign", REGISTERED_NUMBER, "--profile", "reg")
+    home.open_for_calls(ACCOUNT, ["pbx", "reg"])
     return reg
 
 

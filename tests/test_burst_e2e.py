@@ -121,12 +121,16 @@ def test_a_burst_of_1000_invites_admits_exactly_the_limit(
     net = random_loopback_block()
     pbx = (net.pbx(2), free_port(net.pbx(2)))
     carrier_port = free_port(net.carrier)
-    gateway_home.cli("account", "create", "--name", ACCOUNT, "--email", "ops@acme.example")
+    gateway_home.cli(
+        "account", "create", "--name", ACCOUNT, "--email", "ops@acme.example",
+        "--balance", "1000",
+    )  # fmt: skip
     created = gateway_home.cli_json(
         "profile", "create", "--account", ACCOUNT, "--name", PROFILE,
         "--auth", "ip", "--ip", pbx[0], "--port", str(pbx[1]),
     )  # fmt: skip
     assert created["channel_limit"] == LIMIT
+    gateway_home.open_for_calls(ACCOUNT, [PROFILE])
     gateway = gateway_home.serve(
         host=net.gateway,
         carrier=(net.carrier, carrier_port),

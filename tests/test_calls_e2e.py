@@ -147,7 +147,10 @@ def trunk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trunk]:
     try:
         # All made before `serve`: the gateway loads them at start, and no
         # test waits for it to notice a change.
-        home.cli("account", "create", "--name", ACCOUNT, "--email", "ops@acme.example")
+        home.cli(
+            "account", "create", "--name", ACCOUNT, "--email", "ops@acme.example",
+            "--balance", "10000",
+        )  # fmt: skip
         profiles: dict[str, dict[str, Any]] = {}
         for name in ("reg-register", "reg-caller", "reg-inbound"):
             profiles[name] = home.cli_json(
@@ -163,6 +166,7 @@ def trunk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trunk]:
         home.cli("number", "add", "--account", ACCOUNT, REGISTERED_PBX_NUMBER, IP_PBX_NUMBER)
         home.cli("number", "assign", REGISTERED_PBX_NUMBER, "--profile", "reg-inbound")
         home.cli("number", "assign", IP_PBX_NUMBER, "--profile", "ip-pbx")
+        home.open_for_calls(ACCOUNT, ["reg-caller", "ip-pbx", "ip-load"])
         gateway = home.serve(
             host=net.gateway,
             carrier=(net.carrier, carrier_port),

@@ -124,6 +124,10 @@ def test_every_command_with_json(sipgw: Run, database_url: str, secret_key: str)
     assert sales["transports"] == ["udp", "tcp"]
     assert sales["channel_limit"] == 300
     assert (sales["ip"], sales["port"], sales["numbers"]) == (None, None, [])
+    assert sales["credit"] == "0.0000"
+    assert sales["incoming"] == {"numbers": [], "delivered_to": "registered PBX"}
+    # No [smtp] host: nothing sent, nothing failed.
+    assert sales["email"] == {"sent": False, "to": None, "error": None}
 
     pbx = ok_json(
         sipgw(
@@ -144,12 +148,12 @@ def test_every_command_with_json(sipgw: Run, database_url: str, secret_key: str)
     assert shown["password"] == sales["password"]  # retrievable at any time
     assert shown["sip_username"] == sales["sip_username"]
     assert shown["numbers"] == ["+441134960000"]
-    listed = ok_json(sipgw("profile list --json"))
+    listed = ok_json(sipgw("profile list --json"))["items"]
     assert [(p["name"], p["numbers"]) for p in listed] == [
         ("pbx", ["+441134960001"]),
         ("sales", ["+441134960000"]),
     ]
-    assert ok_json(sipgw("profile list --account acme --json")) == listed
+    assert ok_json(sipgw("profile list --account acme --json"))["items"] == listed
 
     # What the CLI stored is what the gateway will verify against.
     async def directory_entries() -> None:
@@ -194,7 +198,13 @@ def test_text_output(sipgw: Run) -> None:
 
 
 def test_empty_list(sipgw: Run) -> None:
-    assert ok_json(sipgw("profile list --json")) == []
+    assert ok_json(sipgw("profile list --json")) == {
+        "items": [],
+        "total": 0,
+        "offset": 0,
+        "limit": 100,
+        "next_offset": None,
+    }
     assert sipgw("profile list").stdout.strip() == "no profiles"
 
 
@@ -227,7 +237,7 @@ def test_usage_and_validation_errors_exit_2(sipgw: Run) -> None:
     for command, needles in cases:
         assert_error(sipgw(command), 2, *needles)
     assert_error(sipgw("account", database=False), 2, "required")
-    assert ok_json(sipgw("profile list --json")) == []  # nothing was created
+    assert ok_json(sipgw("profile list --json"))["total"] == 0  # nothing was created
 
 
 def test_not_found_and_conflicts_exit_1(sipgw: Run) -> None:
@@ -457,7 +467,7 @@ def test_set_limit_changes_the_profile(sipgw: Run, any_database: str) -> None:
     assert changed["channel_limit"] == 4
     # Nothing else about the profile changes.
     assert {k: v for k, v in changed.items() if k != "channel_limit"} == {
-        k: v for k, v in created.items() if k != "channel_limit"
+        k: v for k, v in created.items() if k not in ("channel_limit", "email")
     }
     assert ok_json(sipgw(f"profile show pbx --json {on}")) == changed
     assert directory_version(any_database) > before, "running gateways must notice"
@@ -471,7 +481,7 @@ def test_set_limit_changes_the_profile(sipgw: Run, any_database: str) -> None:
     shown = sipgw(f"profile show pbx {on}")
     assert shown.returncode == 0 and "channels:     300" in shown.stdout
     assert ok_json(sipgw(f"profile set-limit pbx 1 --json {on}"))["channel_limit"] == 1
-    listed = ok_json(sipgw(f"profile list --json {on}"))
+    listed = ok_json(sipgw(f"profile list --json {on}"))["items"]
     assert [(p["name"], p["channel_limit"]) for p in listed] == [("pbx", 1)]
 
 
@@ -513,7 +523,7 @@ def test_set_limit_errors(sipgw: Run, any_database: str) -> None:
     assert directory_version(any_database) == version, "nothing was written"
     changed = ok_json(sipgw(f"profile set-limit sales 5 --account other --json {on}"))
     assert (changed["account"], changed["channel_limit"]) == ("other", 5)
-    listed = ok_json(sipgw(f"profile list --json {on}"))
+    listed = ok_json(sipgw(f"profile list --json {on}"))["items"]
     assert [(p["account"], p["name"], p["channel_limit"]) for p in listed] == [
         ("acme", "pbx", 300),
         ("acme", "sales", 300),

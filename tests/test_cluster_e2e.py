@@ -159,10 +159,14 @@ def cluster(
     try:
         # The PostgreSQL database lives for the whole session: names of our own.
         account, name = f"acme-{uuid.uuid4().hex[:8]}", f"load-{uuid.uuid4().hex[:8]}"
-        home.cli("account", "create", "--name", account, "--email", "ops@acme.example")
+        home.cli(
+            "account", "create", "--name", account, "--email", "ops@acme.example",
+            "--balance", "1000",
+        )  # fmt: skip
         profile = home.cli_json(
             "profile", "create", "--account", account, "--name", name, "--auth", "registration"
         )
+        home.open_for_calls(account, [name])
         net = random_loopback_block()
         carrier_port = free_port(net.carrier)
         admission = (

@@ -187,6 +187,7 @@ def test_healthz(module_gateway: ServedGateway) -> None:
         "calls": 0,
         "tracked": 0,
         "registrations": 0,
+        "call_records_pending": 0,
     }
 
 

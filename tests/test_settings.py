@@ -92,7 +92,12 @@ def test_shipped_config_names_every_key() -> None:
     }
     assert set(data["http"]) == {"listen"}
     assert set(data["log"]) == {"level"}
-    assert set(data["store"]) == {"database", "secret_key_file", "directory_poll_interval"}
+    assert set(data["store"]) == {
+        "database",
+        "secret_key_file",
+        "directory_poll_interval",
+        "record_spool",
+    }
     assert set(data["carrier"]) == {"uri", "transport", "sources"}
     assert set(data["registrar"]) == {
         "min_expires",

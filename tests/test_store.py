@@ -256,7 +256,7 @@ async def test_schema_refuses_what_the_service_refuses(store: Store) -> None:
     with pytest.raises(IntegrityError):
         async with store.write() as session:
             session.add(Account(name="neg", email="a@b.example", balance=Decimal(-1)))
-    assert [p.name for p in await profiles.list_profiles(store)] == ["pbx"]
+    assert [p.name for p in (await profiles.list_profiles(store)).items] == ["pbx"]
 
 
 # ---------------------------------------------------------------------------
@@ -437,7 +437,7 @@ async def test_profile_validation(store: Store, fields: dict[str, object], probl
     with pytest.raises(ValidationError) as info:
         await profiles.create_profile(store, **arguments)  # type: ignore[arg-type]
     assert problem in str(info.value)
-    assert await profiles.list_profiles(store) == []
+    assert (await profiles.list_profiles(store)).items == []
 
 
 async def test_channel_limit_bounds_accepted(store: Store) -> None:
@@ -465,9 +465,10 @@ async def test_profile_names_are_unique_within_an_account(store: Store) -> None:
         await profiles.get_profile(store, "hr", account="acme")
     with pytest.raises(NotFoundError, match="no account named 'nope'"):
         await profiles.create_profile(store, account="nope", name="x", auth="registration")
-    listed = await profiles.list_profiles(store)
+    listed = (await profiles.list_profiles(store)).items
     assert [(p.account, p.name) for p in listed] == [("acme", "sales"), ("other", "sales")]
-    assert [p.account for p in await profiles.list_profiles(store, account="other")] == ["other"]
+    other = (await profiles.list_profiles(store, account="other")).items
+    assert [p.account for p in other] == ["other"]
     with pytest.raises(NotFoundError):
         await profiles.list_profiles(store, account="nope")
 
@@ -545,7 +546,7 @@ async def test_number_assignment_rules(store: Store) -> None:
     assert moved.profile == "pbx"
     with pytest.raises(NotFoundError, match=r"no number \+441134960009"):
         await profiles.assign_number(store, "+441134960009", profile="pbx")
-    shown = {p.name: p.numbers for p in await profiles.list_profiles(store, account="acme")}
+    shown = {p.name: p.numbers for p in (await profiles.list_profiles(store, account="acme")).items}
     assert shown == {"pbx": ("+441134960000",), "sales": ()}
 
 
