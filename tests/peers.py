@@ -290,3 +290,31 @@ def scrape(setup: Setup) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def answers(cseq: int) -> Callable[[Message], bool]:
     """Matches the response to the request with this CSeq number."""
     return lambda m: isinstance(m, Response) and m.cseq.number == cseq
+
+
+def answered_call(
+    setup: Setup,
+    call_id: str,
+    *,
+    invite_extra: tuple[str, ...] = (),
+    ok_extra: tuple[str, ...] = (),
+) -> str:
+    """An outbound call, answered and acknowledged; returns the To of the
+    200 (the callee's side of the dialog)."""
+    pbx, carrier = setup.pbx, setup.carrier
+    pbx.send(setup.invite(call_id, extra=invite_extra), setup.sip)
+    invite = carrier.request("INVITE")
+    carrier.send(answer(invite, 200, contact=carrier.contact, extra=ok_extra), setup.sip)
+    ok = pbx.expect(lambda m: isinstance(m, Response) and m.call_id == call_id and m.status == 200)
+    to = ok.headers.get("to")
+    assert to is not None
+    pbx.send(from_pbx(setup, "ACK", call_id, to, 1), setup.sip)
+    carrier.expect(lambda m: isinstance(m, Request) and m.method == "ACK" and m.call_id == call_id)
+    return to
+
+
+def pbx_hangs_up(setup: Setup, call_id: str, to: str, cseq: int = 2) -> None:
+    setup.pbx.send(from_pbx(setup, "BYE", call_id, to, cseq), setup.sip)
+    bye = setup.carrier.request("BYE")
+    setup.carrier.send(answer(bye, 200), setup.sip)
+    setup.pbx.expect(answers(cseq))

@@ -46,12 +46,13 @@ from tests.peers import (
     Peer,
     Setup,
     answer,
+    answered_call,
     carrier_invite,
+    pbx_hangs_up,
     scrape,
     trunk,
 )
 from tests.test_cluster_e2e import ClusterHome
-from tests.test_release_paths_e2e import answered_call, pbx_hangs_up
 
 postgres_url = shared.postgres_url
 

@@ -46,15 +46,15 @@ from tests.conftest import (
     random_loopback,
     random_loopback_block,
 )
-from tests.peers import ACCOUNT, TIMERS, Peer, Setup, answer, ip_profile_home
+from tests.peers import ACCOUNT, TIMERS, Peer, Setup, answer, answered_call, ip_profile_home
 from tests.test_cli_profiles import Run, assert_error, ok_json
 from tests.test_history import T0, insert_records
-from tests.test_release_paths_e2e import answered_call
 
-# The fixtures of the modules this one builds on.
+# The fixtures of the modules this one builds on.  Every command runs on a
+# fresh SQLite file and on a fresh PostgreSQL database.
 sipgw = cli.sipgw
 secret_key = cli.secret_key
-database_url = cli.database_url
+database_url = cli.any_database
 smtp_server = mail.smtp_server
 prefix = redis_tests.prefix
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sip.message import Message, Request, Response
+from sip.message import Message, Response
 from tests.conftest import GatewayHome
 from tests.peers import (
     ACCOUNT,
@@ -27,10 +27,12 @@ from tests.peers import (
     Peer,
     Setup,
     answer,
+    answered_call,
     answers,
     carrier_invite,
     from_carrier,
     from_pbx,
+    pbx_hangs_up,
     scrape,
     trunk,
 )
@@ -59,34 +61,6 @@ def assert_one_release(setup: Setup, reason: str) -> None:
     assert profile_counter(setup, "sipgw_admissions_total", "result") == {"admitted": 1}
     assert profile_counter(setup, "sipgw_channel_releases_total", "reason") == {reason: 1}
     assert scrape(setup)[("sipgw_channels_in_use", PROFILE)] == 0
-
-
-def answered_call(
-    setup: Setup,
-    call_id: str,
-    *,
-    invite_extra: tuple[str, ...] = (),
-    ok_extra: tuple[str, ...] = (),
-) -> str:
-    """An outbound call, answered and acknowledged; returns the To of the
-    200 (the callee's side of the dialog)."""
-    pbx, carrier = setup.pbx, setup.carrier
-    pbx.send(setup.invite(call_id, extra=invite_extra), setup.sip)
-    invite = carrier.request("INVITE")
-    carrier.send(answer(invite, 200, contact=carrier.contact, extra=ok_extra), setup.sip)
-    ok = pbx.expect(lambda m: isinstance(m, Response) and m.call_id == call_id and m.status == 200)
-    to = ok.headers.get("to")
-    assert to is not None
-    pbx.send(from_pbx(setup, "ACK", call_id, to, 1), setup.sip)
-    carrier.expect(lambda m: isinstance(m, Request) and m.method == "ACK" and m.call_id == call_id)
-    return to
-
-
-def pbx_hangs_up(setup: Setup, call_id: str, to: str, cseq: int = 2) -> None:
-    setup.pbx.send(from_pbx(setup, "BYE", call_id, to, cseq), setup.sip)
-    bye = setup.carrier.request("BYE")
-    setup.carrier.send(answer(bye, 200), setup.sip)
-    setup.pbx.expect(answers(cseq))
 
 
 # -- the endings ------------------------------------------------------------------
