@@ -1083,18 +1083,37 @@ class CallRouter:
             self._schedule_credit_check(call.profile.id)
 
     def _schedule_credit_check(self, profile_id: int) -> None:
-        """(Re)arm the moment the profile's live calls exhaust its credit."""
+        """(Re)arm the credit timer of a profile with live charged calls at
+        a cheap lower bound of the moment they spend it (O(1) per call
+        event); the exact moment is worked out when that timer fires."""
         timer = self._credit_timers.pop(profile_id, None)
         if timer is not None:
             timer.cancel()
         if self.meter is None:
             return
         now = self.io.now()
-        when = self.meter.exhausted_at(profile_id, now)
+        when = self.meter.safe_until(profile_id, now)
         if when is None:
             return
         self._credit_timers[profile_id] = self.io.call_at(
-            max(now, when - CREDIT_MARGIN), lambda: self._credit_exhausted(profile_id)
+            max(now, when - CREDIT_MARGIN), lambda: self._credit_check_due(profile_id)
+        )
+
+    def _credit_check_due(self, profile_id: int) -> None:
+        """The cheap bound is reached: find the exact moment the credit is
+        spent and end the calls just before it."""
+        self._credit_timers.pop(profile_id, None)
+        if self.meter is None:
+            return
+        now = self.io.now()
+        when = self.meter.exhausted_at(profile_id, now)
+        if when is None:
+            return
+        if when - CREDIT_MARGIN <= now:
+            self._credit_exhausted(profile_id)
+            return
+        self._credit_timers[profile_id] = self.io.call_at(
+            when - CREDIT_MARGIN, lambda: self._credit_exhausted(profile_id)
         )
 
     def _credit_exhausted(self, profile_id: int) -> None:

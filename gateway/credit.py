@@ -154,6 +154,29 @@ class _PendingCost:
 
 
 @dataclass(slots=True)
+class _Burn:
+    """A profile's live calls that cost something, summed: what the cheap
+    bounds of :meth:`CreditMeter.has_credit` and :meth:`CreditMeter.safe_until`
+    need, kept up to date by start and stop (O(1) per event)."""
+
+    calls: int = 0
+    price: Decimal = Decimal(0)  # Σ price per minute
+    price_answered: Decimal = Decimal(0)  # Σ price × answer time
+
+    def add(self, call: _LiveCall, sign: int) -> None:
+        self.calls += sign
+        self.price += sign * call.price_per_minute
+        self.price_answered += sign * call.price_per_minute * Decimal(call.answered)
+
+    def spent_at_most(self, now: float) -> Decimal:
+        """An upper bound of what the calls cost if they ended at ``now``:
+        each is billed fewer than (now - answered + 2) whole seconds, and
+        rounded up by less than one money step (see _no_overdraw_before)."""
+        seconds = self.price * (Decimal(now) + 2) - self.price_answered
+        return seconds / 60 + self.calls * MONEY_STEP
+
+
+@dataclass(slots=True)
 class _Snapshot:
     credit: Decimal
     version: int
@@ -176,7 +199,10 @@ class CreditMeter:
     twice for a moment (snapshot reloaded before the commit is reported),
     which errs on the side of refusing, never of over-spending.
 
-    All operations are O(calls of that profile).
+    Admission (:meth:`has_credit`) and timer placement (:meth:`safe_until`)
+    are O(1) while the credit is far from spent: they use sums kept per
+    profile and fall back to the exact O(calls) answer only near the end.
+    :meth:`exhausted_at` is exact and O(calls × log calls).
     """
 
     def __init__(self) -> None:
@@ -185,6 +211,8 @@ class CreditMeter:
         self._live_by_profile: dict[int, dict[str, _LiveCall]] = {}
         self._pending: dict[str, _PendingCost] = {}
         self._pending_by_profile: dict[int, dict[str, _PendingCost]] = {}
+        self._pending_sum: dict[int, Decimal] = {}
+        self._burn: dict[int, _Burn] = {}
 
     # -- the database's view ----------------------------------------------------
     def set_snapshot(self, profile_id: int, credit: Decimal, version: int) -> None:
@@ -237,6 +265,8 @@ class CreditMeter:
         call = _LiveCall(profile_id, price_per_minute, now)
         self._live[call_key] = call
         self._live_by_profile.setdefault(profile_id, {})[call_key] = call
+        if price_per_minute > 0:
+            self._burn.setdefault(profile_id, _Burn()).add(call, 1)
 
     def stop(self, call_key: str, now: float) -> Decimal:
         """The call ended at ``now``: its cost (:func:`call_cost` of
@@ -249,6 +279,11 @@ class CreditMeter:
         del calls[call_key]
         if not calls:
             del self._live_by_profile[call.profile_id]
+        if call.price_per_minute > 0:
+            burn = self._burn[call.profile_id]
+            burn.add(call, -1)
+            if not burn.calls:
+                del self._burn[call.profile_id]
         cost = call.cost(now)
         # A profile no longer in the directory has no credit to protect;
         # its record will be discarded by the writer, and a pending cost
@@ -257,6 +292,9 @@ class CreditMeter:
             pending = _PendingCost(call.profile_id, cost)
             self._pending[call_key] = pending
             self._pending_by_profile.setdefault(call.profile_id, {})[call_key] = pending
+            self._pending_sum[call.profile_id] = (
+                self._pending_sum.get(call.profile_id, Decimal(0)) + cost
+            )
         return cost
 
     def _drop_pending(self, call_key: str) -> None:
@@ -265,6 +303,9 @@ class CreditMeter:
         del costs[call_key]
         if not costs:
             del self._pending_by_profile[pending.profile_id]
+            del self._pending_sum[pending.profile_id]
+        else:
+            self._pending_sum[pending.profile_id] -= pending.cost
 
     # -- questions --------------------------------------------------------------
     def live_calls(self, profile_id: int) -> list[str]:
@@ -272,9 +313,7 @@ class CreditMeter:
 
     def pending_cost(self, profile_id: int) -> Decimal:
         """Costs of ended calls not yet in the snapshot held."""
-        return sum(
-            (p.cost for p in self._pending_by_profile.get(profile_id, {}).values()), Decimal(0)
-        )
+        return self._pending_sum.get(profile_id, Decimal(0))
 
     def _unspent(self, profile_id: int) -> Decimal:
         snapshot = self._snapshots.get(profile_id)
@@ -292,8 +331,32 @@ class CreditMeter:
         return self._unspent(profile_id) - sum((c.cost(now) for c in live), Decimal(0))
 
     def has_credit(self, profile_id: int, now: float) -> bool:
-        """What admission asks before an outbound call: is anything left?"""
+        """What admission asks before an outbound call: is anything left?
+        (``available > 0``, answered in O(1) unless the credit is nearly
+        spent.)"""
+        if profile_id not in self._snapshots:
+            return False
+        unspent = self._unspent(profile_id)
+        if unspent <= 0:
+            return False
+        burn = self._burn.get(profile_id)
+        if burn is None or unspent - burn.spent_at_most(now) > 0:
+            return True
         return self.available(profile_id, now) > 0
+
+    def safe_until(self, profile_id: int, now: float) -> float | None:
+        """A moment (``now`` or later) before which the live calls cannot
+        overdraw the credit, in O(1); None when nothing burns.  It is never
+        later than :meth:`exhausted_at`: a timer set here and re-checked
+        exactly when it fires is cheap while the credit lasts."""
+        burn = self._burn.get(profile_id)
+        if burn is None:
+            return None
+        if profile_id not in self._snapshots:
+            return now
+        budget = 60 * (self._unspent(profile_id) - burn.calls * MONEY_STEP)
+        bound = float((budget + burn.price_answered - 2 * burn.price) / burn.price) - 1.0
+        return max(now, bound)
 
     def exhausted_at(self, profile_id: int, now: float) -> float | None:
         """The moment the profile's live calls would cost more than its

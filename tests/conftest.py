@@ -9,6 +9,7 @@ found free there.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -24,10 +25,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,7 +37,10 @@ from sip.message import Message, Response
 from sip.parser import StreamParser, parse_datagram
 
 if TYPE_CHECKING:
+    from gateway.store import Store
     from tests.sipp import SippLauncher
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Generous for a loaded CI machine; the gateway is usually up in ~0.3 s.
@@ -522,6 +526,23 @@ class GatewayHome:
             raise AssertionError(
                 f"sipgw {shlex.join(args)} --json printed no JSON: {result.stdout!r}"
             ) from None
+
+    def with_store(self, work: Callable[[Store], Awaitable[T]]) -> T:
+        """``await work(store)`` on this home's database, in this process:
+        the service layer the CLI calls, without a subprocess per step (for
+        test set-ups; the CLI itself is tested in test_cli_*.py)."""
+
+        from gateway.settings import DEFAULT_REALM
+        from gateway.store import Store
+
+        async def run() -> T:
+            store = await Store.open(
+                self.database_url, secret_key=self.secret_key.encode(), realm=DEFAULT_REALM
+            )
+            async with store:
+                return await work(store)
+
+        return asyncio.run(run())
 
     def open_for_calls(
         self, account: str, profiles: Sequence[str], *, credit: str = "1000", price: str = "0"

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import profiles, rates
+from gateway.store import Store
 from sip.message import Message, Request, Response
 from sip.parser import parse_datagram
 from tests.conftest import GatewayHome, ServedGateway, free_port, random_loopback_block
@@ -161,22 +163,29 @@ UNASSIGNED_NUMBER = "+441134960002"  # in the account's pool, assigned to nobody
 
 def ip_profile_home(home: GatewayHome, pbx: tuple[str, int]) -> dict[str, str]:
     """An account with an IP profile "pbx" and a registration profile "reg"
-    (returned: its CLI JSON), with numbers as named above."""
-    home.cli(
-        "account", "create", "--name", ACCOUNT, "--email", "ops@acme.example",
-        "--balance", "10000",
-    )  # fmt: skip
-    home.cli(
-        "profile", "create", "--account", ACCOUNT, "--name", "pbx", "--auth", "ip",
-        "--ip", pbx[0], "--port", str(pbx[1]),
-    )  # fmt: skip
-    reg: dict[str, str] = home.cli_json(
-        "profile", "create", "--account", ACCOUNT, "--name", "reg", "--auth", "registration"
-    )
-    home.cli("number", "add", "--account", ACCOUNT, REGISTERED_NUMBER, UNASSIGNED_NUMBER)
-    home.cli("number", "assign", REGISTERED_NUMBER, "--profile", "reg")
-    home.open_for_calls(ACCOUNT, ["pbx", "reg"])
-    return reg
+    (returned: its username and password), numbers as named above, a free
+    default rate and credit on both profiles.  Made in-process through the
+    service layer (the CLI's own tests drive the commands)."""
+
+    async def build(store: Store) -> dict[str, str]:
+        await profiles.create_account(
+            store, name=ACCOUNT, email="ops@acme.example", balance="10000"
+        )
+        await profiles.create_profile(
+            store, account=ACCOUNT, name="pbx", auth="ip", ip=pbx[0], port=pbx[1]
+        )
+        reg = await profiles.create_profile(store, account=ACCOUNT, name="reg", auth="registration")
+        await profiles.add_numbers(
+            store, account=ACCOUNT, numbers=[REGISTERED_NUMBER, UNASSIGNED_NUMBER]
+        )
+        await profiles.assign_number(store, REGISTERED_NUMBER, profile="reg")
+        await rates.set_rate(store, "", "0")
+        for name in ("pbx", "reg"):
+            await profiles.allocate_credit(store, name, "1000", account=ACCOUNT)
+        assert reg.password is not None
+        return {"sip_username": reg.sip_username, "password": reg.password}
+
+    return home.with_store(build)
 
 
 TIMERS = f"t1 = {T1}\nt2 = {T1 * 8}\nt4 = {T1 * 10}"

@@ -449,3 +449,42 @@ def test_pending_costs_are_counted_once_whatever_the_order(
 
 def _debited(ended: dict[str, Decimal], versions: dict[str, int], version: int) -> Decimal:
     return sum((ended[k] for k in ended if versions[k] <= version), D(0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    credit=st.decimals(min_value=0, max_value=50, places=4),
+    calls=st.lists(
+        st.tuples(
+            st.decimals(min_value=0, max_value=5, places=4),  # price per minute
+            st.floats(min_value=0, max_value=120, allow_nan=False),  # answered
+        ),
+        max_size=12,
+    ),
+    pending=st.decimals(min_value=0, max_value=5, places=4),
+    later=st.floats(min_value=0, max_value=600, allow_nan=False),
+)
+def test_the_cheap_answers_agree_with_the_exact_ones(
+    credit: Decimal,
+    calls: list[tuple[Decimal, float]],
+    pending: Decimal,
+    later: float,
+) -> None:
+    """has_credit's O(1) path answers what ``available > 0`` answers, and
+    safe_until is never later than the exact exhausted_at, however many
+    calls start and stop."""
+    meter = meter_with(str(credit))
+    if pending:  # a call that ended, cost not yet in the snapshot
+        meter.start(1, "ended", pending * 60, 0.0)
+        meter.stop("ended", 1.0)
+    for index, (price, answered) in enumerate(calls):
+        meter.start(1, f"c{index}", price, answered)
+    if calls:
+        meter.stop("c0", 120.0 + later / 2)
+    now = 120.0 + later
+    assert meter.has_credit(1, now) == (meter.available(1, now) > 0)
+    bound = meter.safe_until(1, now)
+    exact = meter.exhausted_at(1, now)
+    assert (bound is None) == (exact is None)
+    if bound is not None and exact is not None:
+        assert now <= bound <= exact
