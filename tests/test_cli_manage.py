@@ -13,7 +13,6 @@ told to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import json
@@ -44,9 +43,8 @@ from tests.conftest import (
     gateway_command,
     gateway_env,
     random_loopback,
-    random_loopback_block,
 )
-from tests.peers import ACCOUNT, TIMERS, Peer, Setup, answer, answered_call, ip_profile_home
+from tests.peers import ACCOUNT, Setup, answer, answered_call, trunk
 from tests.test_cli_profiles import Run, assert_error, ok_json
 from tests.test_history import T0, insert_records
 
@@ -456,35 +454,10 @@ def test_profile_delete_without_a_gateway(sipgw: Run, config: Path) -> None:
     assert "numbers released:  +441134960000" in text.stdout
 
 
-@contextlib.contextmanager
-def funded_trunk(home: GatewayHome) -> Iterator[Setup]:
-    """:func:`tests.peers.trunk`, with what outbound calls need before the
-    gateway starts: a default rate and credit on the IP profile "pbx"."""
-    net = random_loopback_block()
-    pbx = Peer(net.pbx(1), free_port(net.pbx(1)))
-    carrier = Peer(net.carrier, free_port(net.carrier))
-    try:
-        reg = ip_profile_home(home, (pbx.host, pbx.port))
-        home.cli("rate", "set", "", "0.0100")
-        home.cli("account", "deposit", ACCOUNT, "100")
-        home.cli("profile", "credit", "pbx", "--add", "50")
-        gateway = home.serve(
-            host=net.gateway,
-            carrier=(carrier.host, carrier.port),
-            carrier_sources=[carrier.host],
-            sip_config=TIMERS,
-            log_level="debug",
-        )
-        yield Setup(gateway, gateway.sip, pbx, carrier, reg)
-    finally:
-        pbx.close()
-        carrier.close()
-
-
 def test_profile_delete_asks_a_served_gateway(gateway_home: GatewayHome) -> None:
     """A call is up through a served gateway: the deletion is refused, then
     done with --end-calls, and the gateway ends the call on both sides."""
-    with funded_trunk(gateway_home) as setup:
+    with trunk(gateway_home) as setup:
         served = ["--config", str(setup.gateway.config_path)]
         answered_call(setup, "delete-me")
         assert setup.channels() == 1
