@@ -466,23 +466,20 @@ async def get_profile(request: web.Request) -> web.Response:
 
 
 async def update_profile(request: web.Request) -> web.Response:
-    """PATCH: a new name and/or a new channel limit.  The limit is set
-    first, under the old name, so that a refused rename (the name taken)
-    leaves the profile findable under the name the caller knows."""
+    """PATCH: a new name and/or a new channel limit, in one transaction
+    (a refused rename leaves the limit as it was too)."""
     _query(request, ())
     account = _account(request)
     fields = _fields(await _body(request), {}, {"name": str, "channel_limit": int})
     if not fields:
         raise ValidationError("nothing to change: give 'name' and/or 'channel_limit'")
-    store, name = _store(request), request.match_info["profile"]
-    view = None
-    if "channel_limit" in fields:
-        view = await profiles.set_channel_limit(
-            store, name, fields["channel_limit"], account=account
-        )
-    if "name" in fields:
-        view = await profiles.rename_profile(store, name, fields["name"], account=account)
-    assert view is not None
+    view = await profiles.update_profile(
+        _store(request),
+        request.match_info["profile"],
+        new_name=fields.get("name"),
+        channel_limit=fields.get("channel_limit"),
+        account=account,
+    )
     return _json(_profile_document(request, view))
 
 

@@ -106,6 +106,7 @@ __all__ = [
     "rename_profile",
     "set_channel_limit",
     "unassign_number",
+    "update_profile",
 ]
 
 #: The digest algorithms a PBX may answer with (RFC 7616 §3.3; RFC 8760 for
@@ -678,18 +679,35 @@ async def get_profile(
         return view
 
 
-async def rename_profile(
-    store: Store, name: str, new_name: str, *, account: str | None = None
+async def update_profile(
+    store: Store,
+    name: str,
+    *,
+    new_name: str | None = None,
+    channel_limit: int | None = None,
+    account: str | None = None,
 ) -> ProfileView:
-    """Give profile ``name`` (of ``account``) a new name, unique in its
-    account.  Effective at once: running gateways pick it up at their next
-    directory poll (calls up and registrations stay; metrics and health
-    show the new name)."""
-    _name(new_name, "new profile name")
+    """Rename profile ``name`` (of ``account``) and/or change its channel
+    limit, in one transaction: a change refused (the new name taken, a
+    limit out of range) leaves the profile exactly as it was.
+
+    ``new_name`` must be unique in the account; ``channel_limit`` is 1 to
+    :data:`~gateway.models.MAX_CHANNELS`.  Both apply to the next call with
+    no restart, and to what is already up: calls and registrations stay,
+    metrics and health show the new name, and a limit below the current use
+    refuses new calls (503) until enough of them have ended.  ``account`` is
+    needed when several accounts have a profile of that name, as for
+    :func:`get_profile`.
+    """
+    if new_name is None and channel_limit is None:
+        raise ValidationError("nothing to change: give a new name and/or a channel limit")
+    if new_name is not None:
+        _name(new_name, "new profile name")
+    channels = None if channel_limit is None else _channels(channel_limit)
     try:
-        async with store.write() as session:
+        async with store.write() as session:  # bumps directory_version with the change
             profile, owner = await _find_profile(session, name, account)
-            if new_name != profile.name:
+            if new_name is not None and new_name != profile.name:
                 taken = await session.scalar(
                     select(Profile.id).where(
                         Profile.account_id == owner.id, Profile.name == new_name
@@ -700,31 +718,29 @@ async def rename_profile(
                         f"account {owner.name!r} already has a profile named {new_name!r}"
                     )
                 profile.name = new_name
-                await session.flush()
+            if channels is not None:
+                profile.channel_limit = channels
+            await session.flush()
             (view,) = await _profile_view(store, session, [(profile, owner)])
             return view
     except IntegrityError as exc:
         raise _conflict(exc) from None
 
 
+async def rename_profile(
+    store: Store, name: str, new_name: str, *, account: str | None = None
+) -> ProfileView:
+    """Give profile ``name`` a new name, unique in its account (see
+    :func:`update_profile`)."""
+    return await update_profile(store, name, new_name=new_name, account=account)
+
+
 async def set_channel_limit(
     store: Store, name: str, limit: int, *, account: str | None = None
 ) -> ProfileView:
-    """Change how many concurrent calls profile ``name`` may hold (1 to
-    :data:`~gateway.models.MAX_CHANNELS`); ``account`` is needed when several
-    accounts have a profile of that name, as for :func:`get_profile`.
-
-    Running gateways apply it at their next directory poll, calls up
-    included: calls already up are never cut, and a limit below the current
-    use refuses new calls (503) until enough of them have ended.
-    """
-    channels = _channels(limit)
-    async with store.write() as session:  # bumps directory_version with the change
-        profile, owner = await _find_profile(session, name, account)
-        profile.channel_limit = channels
-        await session.flush()
-        (view,) = await _profile_view(store, session, [(profile, owner)])
-        return view
+    """Change how many concurrent calls profile ``name`` may hold (see
+    :func:`update_profile`)."""
+    return await update_profile(store, name, channel_limit=limit, account=account)
 
 
 async def list_profiles(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import os
 import re
 import shutil
@@ -68,6 +67,8 @@ KILL_GRACE = 10.0
 #: well under a second).
 BIND_TIMEOUT = 10.0
 BIND_POLL = 0.02
+#: Tries at starting SIPp when the ports it was given are taken before it binds.
+BIND_ATTEMPTS = 3
 #: How long ``stop()`` gives SIPp after SIGUSR1 (a soft exit: no new calls,
 #: the calls in progress finish).
 STOP_TIMEOUT = 30.0
@@ -117,16 +118,35 @@ def free_media_port(host: str) -> int:
     raise RuntimeError(f"no free RTP port pair on {host}")
 
 
-def udp_port_taken(host: str, port: int) -> bool:
-    """Whether some socket holds ``host:port`` for UDP (a bind would fail)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise
+def holds_udp_port(pid: int, host: str, port: int) -> bool:
+    """Whether process ``pid`` holds a UDP socket bound to ``host:port``
+    (Linux: the socket's inode in ``/proc/net/udp*`` among the process's
+    open files).  Asking the port alone is not enough: another process may
+    hold it, and SIPp is then about to exit."""
+    if ":" in host:
+        table, packed = "/proc/net/udp6", socket.inet_pton(socket.AF_INET6, host)
+        # /proc prints the address as four host-order 32-bit words.
+        words = [packed[i : i + 4] for i in range(0, 16, 4)]
+        address = "".join(w[::-1].hex().upper() for w in words)
+    else:
+        table = "/proc/net/udp"
+        address = socket.inet_aton(host)[::-1].hex().upper()
+    wanted = f"{address}:{port:04X}"
+    inodes = set()
+    with open(table) as rows:
+        next(rows)
+        for row in rows:
+            fields = row.split()
+            if fields[1] == wanted:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError):
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return True
     return False
 
 
@@ -489,6 +509,12 @@ class SippProcess:
         return result
 
 
+def _lost_its_port(running: SippProcess) -> bool:
+    """Whether SIPp exited because a port it was given was taken after it
+    was found free."""
+    return not running.running() and "Unable to bind" in running.result().errors()
+
+
 class SippLauncher:
     """Runs :class:`Sipp` roles for one test, each in its own directory
     under ``root``, and kills what is left at :meth:`close`."""
@@ -501,7 +527,26 @@ class SippLauncher:
     def start(self, spec: Sipp, *, wait_bound: bool = True) -> SippProcess:
         """Start SIPp in the background.  With ``wait_bound`` (for roles
         that wait for calls) return only once it holds its SIP port, so that
-        the first request sent to it is not lost."""
+        the first request sent to it is not lost.
+
+        A port found free can be taken by another process before SIPp binds
+        it (suites run side by side): SIPp then exits at once saying so, and
+        it is started again on other ports, unless the spec fixed its port.
+        """
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            running = self._launch(spec)
+            if not wait_bound:
+                return running
+            try:
+                self._wait_bound(running)
+            except AssertionError:
+                if attempt == BIND_ATTEMPTS or spec.local_port or not _lost_its_port(running):
+                    raise
+                continue
+            return running
+        raise AssertionError("unreachable")
+
+    def _launch(self, spec: Sipp) -> SippProcess:
         local_port = spec.local_port or free_port(spec.local_ip)
         media_port = free_media_port(spec.local_ip)
         command = spec.command(self.binary, local_port=local_port, media_port=media_port)
@@ -520,13 +565,17 @@ class SippLauncher:
             )
         running = SippProcess(spec, command, process, directory, (spec.local_ip, local_port))
         self.processes.append(running)
-        if wait_bound:
-            self._wait_bound(running)
         return running
 
     def run(self, spec: Sipp) -> SippResult:
-        """Run SIPp to completion (bounded by its deadline)."""
-        return self.start(spec, wait_bound=False).wait()
+        """Run SIPp to completion (bounded by its deadline), again on other
+        ports if the ones it was given were taken before it bound them."""
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            running = self.start(spec, wait_bound=False)
+            result = running.wait()
+            if attempt == BIND_ATTEMPTS or spec.local_port or not _lost_its_port(running):
+                return result
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         for running in self.processes:
@@ -537,7 +586,7 @@ class SippLauncher:
     def _wait_bound(running: SippProcess) -> None:
         host, port = running.local
         deadline = time.monotonic() + BIND_TIMEOUT
-        while not udp_port_taken(host, port):
+        while not holds_udp_port(running.process.pid, host, port):
             if not running.running():
                 raise AssertionError(
                     f"SIPp {running.spec.name} exited at start\n{running.result().explain()}"

@@ -608,6 +608,8 @@ async def test_create_view_rename_and_limit_a_profile(api: Api) -> None:
         ({"channel_limit": 0}, 422, "channels must be 1 to 300"),
         ({"channel_limit": "5"}, 422, "field 'channel_limit' must be a whole number"),
         ({"name": "desk"}, 409, "already has a profile named 'desk'"),
+        ({"name": "desk", "channel_limit": 3}, 409, "already has a profile named 'desk'"),
+        ({"name": "desk2", "channel_limit": 301}, 422, "channels must be 1 to 300"),
         ({"limit": 5}, 422, "unknown field 'limit'"),
     ]:
         assert problem in await api.refused(

@@ -16,6 +16,8 @@ recomputed; the gateway verifies it in the end-to-end tests.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -500,3 +502,51 @@ def test_400_concurrent_calls(sipp: SippLauncher, net: LoopbackBlock) -> None:
     far = carrier.stop()
     assert_ok(far, 400)
     assert far.stat("IncomingCall") == 400
+
+
+# ---------------------------------------------------------------------------
+# The harness itself
+
+
+def test_a_port_taken_before_sipp_binds_it_is_replaced(
+    sipp: SippLauncher, net: LoopbackBlock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another suite may take the port found free before SIPp binds it:
+    the launcher starts SIPp again on another one, for waiting roles
+    (``start``) and for roles run to the end (``run``) alike."""
+    import tests.sipp
+    from tests.conftest import free_port as real_free_port
+
+    found: Iterator[int] = iter([])
+
+    def first_taken(host: str) -> int:
+        return next(found, None) or real_free_port(host)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind((net.carrier, 0))
+        found = iter([squatter.getsockname()[1]])
+        monkeypatch.setattr(tests.sipp, "free_port", first_taken)
+        carrier = sipp.start(Sipp(scenario="carrier_uas.xml", local_ip=net.carrier, calls=1))
+        assert carrier.local[1] != squatter.getsockname()[1]
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter_2:
+            squatter_2.bind((net.pbx(1), 0))
+            found = iter([squatter_2.getsockname()[1]])
+            pbx = sipp.run(
+                Sipp(
+                    scenario="pbx_uac.xml",
+                    local_ip=net.pbx(1),
+                    remote=carrier.local,
+                    service=NUMBER,
+                    calls=1,
+                    duration_ms=CALL_MS,
+                    timeout=TIMEOUT,
+                )
+            )
+    assert_ok(pbx, 1)
+    assert_ok(carrier.wait(), 1)
+    # Each role was started twice: once on the taken port, once again.
+    assert [p.spec.scenario for p in sipp.processes] == ["carrier_uas.xml"] * 2 + [
+        "pbx_uac.xml"
+    ] * 2
+    assert "Unable to bind" in sipp.processes[0].result().errors()
