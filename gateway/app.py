@@ -29,6 +29,7 @@ from gateway import __version__
 from gateway.calls import CallRouter, CarrierSettings, Hop
 from gateway.cdr import CallRecordEntry, CallRecordWriter
 from gateway.credit import CreditMeter
+from gateway.credit_share import CreditExchange
 from gateway.directory import Directory, load_directory, watch_directory
 from gateway.mailer import SMTPMailer
 from gateway.metrics import Metrics
@@ -309,6 +310,14 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     if store.dialect == "postgresql":
         # Other nodes' and the CLI's changes arrive at once (LISTEN/NOTIFY).
         background.append(asyncio.create_task(listen_for_changes(store.url, refresh)))
+    exchange: CreditExchange | None = None
+    if settings.admission.backend == "redis":
+        # Several nodes: each also counts what the profile's calls on the
+        # others spend (gateway.credit_share), in the admission's Redis.
+        exchange = CreditExchange(
+            settings.admission.redis_url, router, prefix=settings.admission.key_prefix
+        )
+        exchange.start()
     app[SIP_TRANSPORT] = transport
     app[SIP_SERVICE] = service
     app[ROUTER] = router
@@ -326,6 +335,9 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     await records.close(RECORD_FLUSH_TIMEOUT)
+    if exchange is not None:
+        # After the records: the ended calls' costs are in the database.
+        await exchange.close()
     await transport.close()
     await service.close()
     await admission.close()

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Protocol
 
 from admission import AdmissionController, Admitted, RejectReason
 from gateway.cdr import CallRecordEntry, new_record_key
-from gateway.credit import CreditMeter, elapsed_ms, longest_prefix_rate
+from gateway.credit import CreditMeter, CreditShare, elapsed_ms, longest_prefix_rate
 from gateway.directory import Directory, ProfileEntry
 from gateway.registrar import LocationService, build_register_response
 from sip.digest import DigestRealm, Verified, ha1_algorithm
@@ -1129,6 +1129,29 @@ class CallRouter:
             self._end_call(call, "Credit exhausted", ReleaseReason.CREDIT_EXHAUSTED)
         if charged:
             logger.info("profile %d: credit exhausted, %d calls ended", profile_id, len(charged))
+
+    # -- credit across the nodes of a cluster (gateway.credit_share) -----------------
+    def credit_shares(self, clock_offset: float) -> dict[int, CreditShare]:
+        """What this node's calls spend, per profile that spends anything,
+        for the other nodes (answer times on the shared clock, ``now +
+        clock_offset``)."""
+        if self.meter is None:
+            return {}
+        return self.meter.local_shares(clock_offset)
+
+    def apply_remote_credit(
+        self, profile_id: int, share: CreditShare | None, clock_offset: float
+    ) -> None:
+        """What the profile's calls on the other nodes spend, summed (None:
+        nothing, or nothing known any more): admission counts it from now
+        on, and this node's calls of the profile may have to end sooner."""
+        if self.meter is None:
+            return
+        if share is None:
+            self.meter.clear_remote(profile_id)
+        else:
+            self.meter.set_remote(profile_id, share, clock_offset=clock_offset, now=self.io.now())
+        self._schedule_credit_check(profile_id)
 
     def _record(self, call: Call, cost: Decimal) -> None:
         """Hand the call's record to the writer (once per call)."""

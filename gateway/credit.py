@@ -25,6 +25,16 @@ calls that ended but whose debit is not in that snapshot yet are *pending*,
 and answered calls burn credit as they go.  The meter subtracts both, so
 what it offers is never more than the database will hold once everything
 is written.
+
+Several nodes (a cluster): each node meters its own calls, and also what
+the profile's calls on the *other* nodes spend, learnt as a
+:class:`CreditShare` per profile and node (their live calls summed, their
+pending costs).  Answer times cross nodes on a clock they share; each node
+converts them to its own monotonic clock with an offset.  Other nodes'
+calls are counted at an upper bound of their cost (their answer times are
+known only as a sum), so the meter errs towards ending calls early, never
+towards overspending.  Exchanging the shares is ``gateway.credit_share``'s
+business; this module only adds them up.
 """
 
 from __future__ import annotations
@@ -33,13 +43,14 @@ import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
 
 from gateway.models import BALANCE_SCALE, PREFIX_MAX_LENGTH
 
 __all__ = [
     "CreditMeter",
+    "CreditShare",
     "billed_seconds",
     "call_cost",
     "elapsed_ms",
@@ -53,6 +64,11 @@ _STEPS_PER_UNIT = 10**BALANCE_SCALE
 #: RFC 3966 §5.1.1 visual separators ("-", ".", "(", ")") plus the spaces
 #: people type; removed before a destination is rated.
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.() \t")
+#: Answer-time sums published to other nodes are rounded down to this
+#: (price x microseconds): rounding down makes the other nodes' bound of
+#: the cost larger, never smaller, and keeps the published text short and
+#: stable between rounds.
+SHARE_ANSWERED_STEP = Decimal("0.000001")
 #: :func:`elapsed_ms` rounds half up, so the billed second k+1 starts when
 #: the elapsed time reaches k seconds and half a millisecond.
 _ROUNDING_OFFSET = 0.0005
@@ -176,6 +192,53 @@ class _Burn:
         return seconds / 60 + self.calls * MONEY_STEP
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreditShare:
+    """What one node's calls of one profile spend, as another node adds it
+    to its own: the live calls that cost something, summed like the meter
+    sums its own (count, Σ price per minute, Σ price × answer time, answer
+    times on the clock the nodes share), and the costs of ended calls not
+    yet in the directory snapshot (pending).  Shares of several nodes add
+    up with ``+``."""
+
+    calls: int = 0
+    price: Decimal = Decimal(0)  # Σ price per minute
+    price_answered: Decimal = Decimal(0)  # Σ price × answer time (shared clock)
+    pending: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        if self.calls < 0 or self.price < 0 or self.pending < 0:
+            raise ValueError(f"negative share {self}")
+        # Only calls that cost something are summed: a price sum without
+        # calls (or calls without one) cannot come from a meter.
+        if (self.calls == 0) != (self.price == 0):
+            raise ValueError(f"calls and price disagree in {self}")
+        if self.calls == 0 and self.price_answered != 0:
+            raise ValueError(f"answer times without calls in {self}")
+
+    def __add__(self, other: CreditShare) -> CreditShare:
+        return CreditShare(
+            calls=self.calls + other.calls,
+            price=self.price + other.price,
+            price_answered=self.price_answered + other.price_answered,
+            pending=self.pending + other.pending,
+        )
+
+    @property
+    def spends(self) -> bool:
+        """Whether the share takes anything from the credit."""
+        return self.calls > 0 or self.pending > 0
+
+
+@dataclass(slots=True)
+class _RemoteSpend:
+    """Other nodes' shares of a profile, summed, answer times on this
+    node's clock."""
+
+    burn: _Burn
+    pending: Decimal
+
+
 @dataclass(slots=True)
 class _Snapshot:
     credit: Decimal
@@ -203,6 +266,12 @@ class CreditMeter:
     are O(1) while the credit is far from spent: they use sums kept per
     profile and fall back to the exact O(calls) answer only near the end.
     :meth:`exhausted_at` is exact and O(calls × log calls).
+
+    In a cluster, :meth:`set_remote` says what the profile's calls on the
+    other nodes spend (their pending costs, and their live calls at the
+    upper bound of :meth:`_Burn.spent_at_most`); every question above
+    subtracts it too.  :meth:`local_shares` is what this node tells the
+    others.
     """
 
     def __init__(self) -> None:
@@ -213,6 +282,7 @@ class CreditMeter:
         self._pending_by_profile: dict[int, dict[str, _PendingCost]] = {}
         self._pending_sum: dict[int, Decimal] = {}
         self._burn: dict[int, _Burn] = {}
+        self._remote: dict[int, _RemoteSpend] = {}
 
     # -- the database's view ----------------------------------------------------
     def set_snapshot(self, profile_id: int, credit: Decimal, version: int) -> None:
@@ -238,6 +308,7 @@ class CreditMeter:
         and pending costs go.  Its live calls stay until they are stopped,
         so that :meth:`stop` still prices them for their call records."""
         self._snapshots.pop(profile_id, None)
+        self._remote.pop(profile_id, None)
         for call_key in list(self._pending_by_profile.get(profile_id, ())):
             self._drop_pending(call_key)
 
@@ -253,6 +324,55 @@ class CreditMeter:
         snapshot = self._snapshots.get(pending.profile_id)
         if snapshot is not None and snapshot.version >= version:
             self._drop_pending(call_key)
+
+    # -- the other nodes of a cluster ----------------------------------------------
+    def set_remote(
+        self, profile_id: int, share: CreditShare, *, clock_offset: float, now: float
+    ) -> None:
+        """What the profile's calls on the other nodes spend, all of them
+        summed, replacing what was set before; a share that spends nothing
+        clears it.  ``clock_offset`` is the shared clock minus this node's
+        (``shared = now + clock_offset``).  A remote call that seems
+        answered after ``now`` (clocks disagree) counts as answered at
+        ``now``, so its bound of cost is never below nothing."""
+        if not share.spends:
+            self._remote.pop(profile_id, None)
+            return
+        # Σ price × (shared answer - offset), each answer at most ``now``.
+        answered = share.price_answered - share.price * Decimal(clock_offset)
+        answered = min(answered, share.price * Decimal(now))
+        burn = _Burn(share.calls, share.price, answered)
+        self._remote[profile_id] = _RemoteSpend(burn, share.pending)
+
+    def clear_remote(self, profile_id: int) -> None:
+        """The other nodes spend nothing of the profile (or are not heard from)."""
+        self._remote.pop(profile_id, None)
+
+    def remote_profiles(self) -> list[int]:
+        """Profiles the other nodes spend credit of, as last set."""
+        return list(self._remote)
+
+    def local_shares(self, clock_offset: float) -> dict[int, CreditShare]:
+        """What this node's calls spend, per profile that spends anything
+        (live charged calls or pending costs), for the other nodes: answer
+        times on the shared clock (``now + clock_offset``), their sum
+        rounded down (see :data:`SHARE_ANSWERED_STEP`)."""
+        offset = Decimal(clock_offset)
+        shares: dict[int, CreditShare] = {}
+        for profile_id in self._burn.keys() | self._pending_sum.keys():
+            burn = self._burn.get(profile_id)
+            if burn is None:
+                burn = _Burn()
+            answered = (burn.price_answered + burn.price * offset).quantize(
+                SHARE_ANSWERED_STEP, rounding=ROUND_FLOOR
+            )
+            shares[profile_id] = CreditShare(
+                calls=burn.calls,
+                price=burn.price,
+                price_answered=answered if burn.calls else Decimal(0),
+                pending=self._pending_sum.get(profile_id, Decimal(0)),
+            )
+        return shares
 
     # -- calls ------------------------------------------------------------------
     def start(self, profile_id: int, call_key: str, price_per_minute: Decimal, now: float) -> None:
@@ -316,19 +436,37 @@ class CreditMeter:
         return self._pending_sum.get(profile_id, Decimal(0))
 
     def _unspent(self, profile_id: int) -> Decimal:
+        """Snapshot credit − pending costs, this node's and the others'."""
         snapshot = self._snapshots.get(profile_id)
         if snapshot is None:
             return Decimal(0)
-        return snapshot.credit - self.pending_cost(profile_id)
+        unspent = snapshot.credit - self.pending_cost(profile_id)
+        remote = self._remote.get(profile_id)
+        if remote is not None:
+            unspent -= remote.pending
+        return unspent
+
+    def _remote_burn(self, profile_id: int) -> _Burn | None:
+        remote = self._remote.get(profile_id)
+        if remote is None or not remote.burn.calls:
+            return None
+        return remote.burn
+
+    def _remote_spent(self, profile_id: int, now: float) -> Decimal:
+        """What the other nodes' live calls cost at ``now``, at most."""
+        burn = self._remote_burn(profile_id)
+        return Decimal(0) if burn is None else burn.spent_at_most(now)
 
     def available(self, profile_id: int, now: float) -> Decimal:
         """Snapshot credit − pending costs − what the live calls would cost
-        if they ended at ``now``.  May be negative (a call outlived the
-        credit); 0 for a profile without a snapshot."""
+        if they ended at ``now`` (the other nodes' at their upper bound).
+        May be negative (a call outlived the credit); 0 for a profile
+        without a snapshot."""
         if profile_id not in self._snapshots:
             return Decimal(0)
         live = self._live_by_profile.get(profile_id, {}).values()
-        return self._unspent(profile_id) - sum((c.cost(now) for c in live), Decimal(0))
+        spent = sum((c.cost(now) for c in live), Decimal(0)) + self._remote_spent(profile_id, now)
+        return self._unspent(profile_id) - spent
 
     def has_credit(self, profile_id: int, now: float) -> bool:
         """What admission asks before an outbound call: is anything left?
@@ -340,7 +478,10 @@ class CreditMeter:
         if unspent <= 0:
             return False
         burn = self._burn.get(profile_id)
-        if burn is None or unspent - burn.spent_at_most(now) > 0:
+        bound = self._remote_spent(profile_id, now)
+        if burn is not None:
+            bound += burn.spent_at_most(now)
+        if unspent - bound > 0:
             return True
         return self.available(profile_id, now) > 0
 
@@ -354,8 +495,16 @@ class CreditMeter:
             return None
         if profile_id not in self._snapshots:
             return now
-        budget = 60 * (self._unspent(profile_id) - burn.calls * MONEY_STEP)
-        bound = float((budget + burn.price_answered - 2 * burn.price) / burn.price) - 1.0
+        calls, price, answered = burn.calls, burn.price, burn.price_answered
+        remote = self._remote_burn(profile_id)
+        if remote is not None:  # both bounds are linear in time: one sum
+            calls, price, answered = (
+                calls + remote.calls,
+                price + remote.price,
+                answered + remote.price_answered,
+            )
+        budget = 60 * (self._unspent(profile_id) - calls * MONEY_STEP)
+        bound = float((budget + answered - 2 * price) / price) - 1.0
         return max(now, bound)
 
     def exhausted_at(self, profile_id: int, now: float) -> float | None:
@@ -372,6 +521,11 @@ class CreditMeter:
         before it, since a BYE that leaves a moment late is billed a whole
         second more.
 
+        The other nodes' calls (:meth:`set_remote`) count at their upper
+        bound, which grows continuously: between two steps of this node's
+        calls the credit may run out at any moment, the one where the
+        bound reaches what this node's calls leave.
+
         The search starts at a time before which overdrawing is impossible
         (a bound from the calls' combined rate), then walks the steps in
         time order: about one second's worth of steps per call.
@@ -382,9 +536,14 @@ class CreditMeter:
         if not burning:
             return None
         unspent = self._unspent(profile_id)
-        if unspent - sum((c.cost(now) for c in burning), Decimal(0)) < 0:
+        remote = self._remote_burn(profile_id)
+
+        def remote_spent(t: float) -> Decimal:
+            return Decimal(0) if remote is None else remote.spent_at_most(t)
+
+        if unspent - sum((c.cost(now) for c in burning), Decimal(0)) - remote_spent(now) < 0:
             return now
-        start = max(now, _no_overdraw_before(burning, unspent, now))
+        start = max(now, _no_overdraw_before(burning, remote, unspent, now))
         # Each call's billed seconds at ``start`` and its next step.
         steps: list[tuple[float, int, int]] = []
         charged = Decimal(0)
@@ -392,22 +551,33 @@ class CreditMeter:
             seconds = billed_seconds(elapsed_ms(call.answered, start))
             charged += _cost_of_seconds(call.price_per_minute, seconds)
             steps.append((call.answered + seconds + _ROUNDING_OFFSET, index, seconds + 1))
-        if unspent - charged < 0:  # only when start == now, checked above
+        if unspent - charged - remote_spent(start) < 0:  # only when start == now
             return start
         heapq.heapify(steps)
         while True:
             moment, index, seconds = heapq.heappop(steps)
+            if remote is not None:
+                # Where the remote bound alone uses up what is left, before
+                # this node's next step: (price × (t + 2) − Σ price ×
+                # answered) / 60 + calls × step = unspent − charged.
+                left = unspent - charged - remote.calls * MONEY_STEP
+                crossing = float((60 * left + remote.price_answered) / remote.price) - 2
+                if crossing < moment:
+                    return max(crossing, now)
             price = burning[index].price_per_minute
             charged += _cost_of_seconds(price, seconds) - _cost_of_seconds(price, seconds - 1)
-            if unspent - charged < 0:
+            if unspent - charged - remote_spent(moment) < 0:
                 return max(moment, now)
             next_step = burning[index].answered + seconds + _ROUNDING_OFFSET
             heapq.heappush(steps, (next_step, index, seconds + 1))
 
 
-def _no_overdraw_before(calls: list[_LiveCall], unspent: Decimal, now: float) -> float:
-    """A time (``now`` or later) before which the calls cannot cost more
-    than ``unspent``.
+def _no_overdraw_before(
+    calls: list[_LiveCall], remote: _Burn | None, unspent: Decimal, now: float
+) -> float:
+    """A time (``now`` or later) before which the calls, and the other
+    nodes' calls at their bound (``remote``), cannot cost more than
+    ``unspent``.
 
     A call billed k started seconds at time t has k < t - answered + 2
     (whole seconds, rounded up, of a duration rounded to the millisecond),
@@ -416,12 +586,18 @@ def _no_overdraw_before(calls: list[_LiveCall], unspent: Decimal, now: float) ->
     Σ price x (t - answered + 2) / 60 + n x step <= unspent, i.e. until
     t = (60 x (unspent - n x step) + Σ price x (answered - 2)) / Σ price.
     (A call answered after ``now`` counts as answered at ``now``, which
-    keeps the bound true for every t >= now.)  One more second is taken off
-    for the float rounding of clock values.
+    keeps the bound true for every t >= now.)  The remote bound is the same
+    linear expression of t, so it joins the sums.  One more second is taken
+    off for the float rounding of clock values.
     """
     rate = sum((c.price_per_minute for c in calls), Decimal(0))
-    budget = 60 * (unspent - len(calls) * MONEY_STEP)
+    count = len(calls)
     offset = sum(
         (c.price_per_minute * (Decimal(min(c.answered, now)) - 2) for c in calls), Decimal(0)
     )
+    if remote is not None:
+        rate += remote.price
+        count += remote.calls
+        offset += remote.price_answered - 2 * remote.price
+    budget = 60 * (unspent - count * MONEY_STEP)
     return float((budget + offset) / rate) - 1.0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.credit import (
     CreditMeter,
+    CreditShare,
     billed_seconds,
     call_cost,
     elapsed_ms,
@@ -346,6 +347,168 @@ def test_exhausted_at_with_many_calls_matches_a_walk_in_milliseconds() -> None:
 
 
 # ---------------------------------------------------------------------------
+# The meter in a cluster: what the other nodes spend
+
+
+def remote_share(
+    calls: list[tuple[str, float]], *, pending: str = "0", clock: float = 0.0
+) -> CreditShare:
+    """Another node's share: its live calls as (price, answer time on the
+    shared clock ``clock`` seconds ahead of ours)."""
+    prices = [D(price) for price, _ in calls]
+    return CreditShare(
+        calls=len(calls),
+        price=sum(prices, D(0)),
+        price_answered=sum(
+            (p * D(answered + clock) for p, (_, answered) in zip(prices, calls, strict=True)),
+            D(0),
+        ),
+        pending=D(pending),
+    )
+
+
+def test_a_share_refuses_what_no_meter_publishes() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        CreditShare(pending=D("-0.0001"))
+    with pytest.raises(ValueError, match="disagree"):
+        CreditShare(calls=1)  # a burning call has a price
+    with pytest.raises(ValueError, match="disagree"):
+        CreditShare(price=D("0.6000"))
+    with pytest.raises(ValueError, match="answer times"):
+        CreditShare(price_answered=D(5))
+    total = CreditShare(calls=1, price=D("0.6"), price_answered=D(6)) + CreditShare(
+        pending=D("0.2")
+    )
+    assert total == CreditShare(calls=1, price=D("0.6"), price_answered=D(6), pending=D("0.2"))
+    assert total.spends
+    assert not CreditShare().spends
+
+
+def test_remote_pending_and_burn_use_up_the_credit() -> None:
+    """Another node's call at 0.60 per minute (0.01 per second), answered
+    at 0, and 0.50 of its ended calls not yet in the snapshot: its bound is
+    0.01 x (t + 2) + one money step, so the 1.0001 of credit are spent at
+    t = 48 exactly."""
+    meter = meter_with("1.0001")
+    meter.set_remote(1, remote_share([("0.6000", 0.0)], pending="0.5"), clock_offset=0.0, now=0.0)
+    assert meter.remote_profiles() == [1]
+    assert meter.available(1, 0.0) == D("1.0001") - D("0.5") - D("0.0201")
+    assert meter.available(1, 47.5) == D("0.0050")
+    assert meter.has_credit(1, 47.5)
+    assert meter.available(1, 48.0) == 0
+    assert not meter.has_credit(1, 48.0)
+    assert meter.available(1, 48.5) == D("-0.0050")
+    # Nothing burns here: no timer to arm, no call to end.
+    assert meter.safe_until(1, 0.0) is None
+    assert meter.exhausted_at(1, 0.0) is None
+
+
+def test_remote_pending_alone_can_leave_nothing() -> None:
+    meter = meter_with("0.5000")
+    meter.set_remote(1, CreditShare(pending=D("0.5")), clock_offset=0.0, now=0.0)
+    assert meter.available(1, 0.0) == 0
+    assert not meter.has_credit(1, 0.0)
+    meter.set_remote(1, CreditShare(pending=D("0.4999")), clock_offset=0.0, now=0.0)
+    assert meter.available(1, 0.0) == D("0.0001")
+    assert meter.has_credit(1, 0.0)
+
+
+def test_clearing_the_remote_share_gives_the_credit_back() -> None:
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    alone = (meter.available(1, 30.0), meter.safe_until(1, 0.0), meter.exhausted_at(1, 0.0))
+    share = remote_share([("0.6000", 0.0)], pending="0.1")
+    meter.set_remote(1, share, clock_offset=0.0, now=0.0)
+    assert meter.available(1, 30.0) < alone[0]
+    meter.set_remote(1, CreditShare(), clock_offset=0.0, now=0.0)  # spends nothing
+    assert meter.remote_profiles() == []
+    assert (meter.available(1, 30.0), meter.safe_until(1, 0.0), meter.exhausted_at(1, 0.0)) == alone
+    meter.set_remote(1, share, clock_offset=0.0, now=0.0)
+    meter.clear_remote(1)
+    assert (meter.available(1, 30.0), meter.safe_until(1, 0.0), meter.exhausted_at(1, 0.0)) == alone
+    meter.set_remote(1, share, clock_offset=0.0, now=0.0)
+    meter.forget(1)  # a deleted profile
+    assert meter.remote_profiles() == []
+
+
+def test_a_remote_call_ends_local_calls_between_their_steps() -> None:
+    """This node's call and another's, both 0.01 per second from 0, on 1.00:
+    alone the local call could run 100 s.  With the other's bound
+    0.01 x (t + 2) + 0.0001, during the local call's 49th second (0.49
+    charged) the bound reaches the 0.51 left at t = 48.99: between two
+    steps."""
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("0.6000"), now=0.0)
+    assert meter.exhausted_at(1, 0.0) == pytest.approx(100.0005)
+    meter.set_remote(1, remote_share([("0.6000", 0.0)]), clock_offset=0.0, now=0.0)
+    exhausted = meter.exhausted_at(1, 0.0)
+    assert exhausted == pytest.approx(48.99)
+    assert meter.available(1, 48.989) >= 0
+    assert meter.available(1, 48.991) < 0
+    safe = meter.safe_until(1, 0.0)
+    assert safe is not None and exhausted is not None
+    assert 0.0 <= safe <= exhausted
+    assert meter.exhausted_at(1, 48.995) == 48.995  # overdrawn already
+
+
+def test_a_local_step_can_overdraw_before_the_remote_bound_does() -> None:
+    """Local 0.10 per second, remote 0.001 per second, 1.00 of credit: the
+    local call's 10th second (1.00 charged) overdraws at 9.0005, with the
+    remote bound at 0.0111; alone it would be the 11th at 10.0005."""
+    meter = meter_with("1.0000")
+    meter.start(1, "a", D("6.0000"), now=0.0)
+    assert meter.exhausted_at(1, 0.0) == pytest.approx(10.0005)
+    meter.set_remote(1, remote_share([("0.0600", 0.0)]), clock_offset=0.0, now=0.0)
+    assert meter.exhausted_at(1, 0.0) == pytest.approx(9.0005)
+    assert meter.available(1, 9.0) == D("1.0000") - D("0.9000") - D("0.0111")
+
+
+def test_remote_answer_times_are_converted_to_this_nodes_clock() -> None:
+    """The shared clock runs 1,000 s ahead of this node's: a call answered
+    at 1,000 there was answered at 0 here."""
+    here = meter_with("1.0000")
+    here.set_remote(1, remote_share([("0.6000", 0.0)]), clock_offset=0.0, now=0.0)
+    shifted = meter_with("1.0000")
+    shared = remote_share([("0.6000", 0.0)], clock=1000.0)
+    shifted.set_remote(1, shared, clock_offset=1000.0, now=0.0)
+    for t in (0.0, 10.0, 47.5):
+        assert shifted.available(1, t) == here.available(1, t)
+
+
+def test_a_remote_call_answered_in_the_future_counts_from_now() -> None:
+    """Clocks that disagree must not turn a remote call into a refund."""
+    meter = meter_with("1.0000")
+    meter.set_remote(1, remote_share([("0.6000", 50.0)]), clock_offset=0.0, now=10.0)
+    assert meter.available(1, 10.0) == D("1.0000") - D("0.0201")
+
+
+def test_local_shares_are_what_the_other_nodes_need() -> None:
+    meter = meter_with("5.0000")
+    meter.set_snapshot(2, D("5.0000"), 1)
+    meter.start(1, "a", D("0.6000"), now=10.0)
+    meter.start(1, "b", D("1.2000"), now=12.5)
+    meter.start(1, "free", D("0"), now=12.5)  # costs nothing: not shared
+    meter.start(2, "c", D("0.6000"), now=0.0)
+    meter.stop("c", 30.0)  # pending 0.30
+    meter.set_remote(1, remote_share([("6.0000", 0.0)]), clock_offset=0.0, now=0.0)
+    shares = meter.local_shares(clock_offset=100.0)
+    assert shares == {
+        # 0.6 x 110 + 1.2 x 112.5 = 201: answer times on the shared clock.
+        1: CreditShare(calls=2, price=D("1.8000"), price_answered=D("201"), pending=D(0)),
+        2: CreditShare(pending=D("0.3000")),
+    }
+    assert meter_with("1").local_shares(0.0) == {}  # nothing spends: nothing to tell
+
+
+def test_local_shares_round_answer_sums_down() -> None:
+    """To a millionth: the other nodes' bound of the cost gets larger."""
+    meter = meter_with("5.0000")
+    meter.start(1, "a", D("0.6000"), now=1 / 3)
+    (share,) = meter.local_shares(clock_offset=0.0).values()
+    assert share.price_answered == D("0.199999")
+
+
+# ---------------------------------------------------------------------------
 # Properties
 
 prices = st.decimals(min_value=0, max_value=20, places=4)
@@ -377,18 +540,54 @@ def test_available_never_goes_up_while_calls_burn(
         last = value
 
 
+remote_plans = st.one_of(
+    st.none(),
+    st.tuples(
+        st.lists(
+            st.tuples(
+                st.decimals(min_value="0.0001", max_value=20, places=4),
+                st.floats(min_value=0, max_value=600, allow_nan=False),
+            ),
+            max_size=6,
+        ),
+        st.decimals(min_value=0, max_value=5, places=4),  # remote pending
+        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),  # shared clock offset
+    ),
+)
+
+
+def set_remote_plan(
+    meter: CreditMeter,
+    plan: tuple[list[tuple[Decimal, float]], Decimal, float] | None,
+    now: float,
+) -> None:
+    """Other nodes' calls (price, answered on our clock) and pending costs,
+    published on a shared clock ``offset`` seconds ahead of ours."""
+    if plan is None:
+        return
+    calls, pending, offset = plan
+    share = remote_share([(str(p), a) for p, a in calls], pending=str(pending), clock=offset)
+    meter.set_remote(1, share, clock_offset=offset, now=now)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     credit=st.decimals(min_value=0, max_value=50, places=4),
     calls=call_plans,
     now=st.floats(min_value=0, max_value=900, allow_nan=False),
+    remote=remote_plans,
 )
 def test_exhausted_at_is_where_available_turns_negative(
-    credit: Decimal, calls: list[tuple[Decimal, float]], now: float
+    credit: Decimal,
+    calls: list[tuple[Decimal, float]],
+    now: float,
+    remote: tuple[list[tuple[Decimal, float]], Decimal, float] | None,
 ) -> None:
+    """With or without other nodes' calls and pending costs."""
     meter = meter_with(str(credit))
     for index, (price, answered) in enumerate(calls):
         meter.start(1, f"c{index}", price, now=answered)
+    set_remote_plan(meter, remote, min(now, 600.0))
     exhausted = meter.exhausted_at(1, now)
     if all(price == 0 for price, _ in calls):
         assert exhausted is None
@@ -463,17 +662,20 @@ def _debited(ended: dict[str, Decimal], versions: dict[str, int], version: int) 
     ),
     pending=st.decimals(min_value=0, max_value=5, places=4),
     later=st.floats(min_value=0, max_value=600, allow_nan=False),
+    remote=remote_plans,
 )
 def test_the_cheap_answers_agree_with_the_exact_ones(
     credit: Decimal,
     calls: list[tuple[Decimal, float]],
     pending: Decimal,
     later: float,
+    remote: tuple[list[tuple[Decimal, float]], Decimal, float] | None,
 ) -> None:
     """has_credit's O(1) path answers what ``available > 0`` answers, and
     safe_until is never later than the exact exhausted_at, however many
-    calls start and stop."""
+    calls start and stop, and whatever the other nodes spend."""
     meter = meter_with(str(credit))
+    set_remote_plan(meter, remote, 120.0)
     if pending:  # a call that ended, cost not yet in the snapshot
         meter.start(1, "ended", pending * 60, 0.0)
         meter.stop("ended", 1.0)
@@ -488,3 +690,41 @@ def test_the_cheap_answers_agree_with_the_exact_ones(
     assert (bound is None) == (exact is None)
     if bound is not None and exact is not None:
         assert now <= bound <= exact
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    credit=st.decimals(min_value=0, max_value=50, places=4),
+    calls=call_plans,
+    pending=st.decimals(min_value=0, max_value=5, places=4),
+    clocks=st.tuples(
+        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),  # shared - A's
+        st.floats(min_value=-1e5, max_value=1e5, allow_nan=False),  # B's - A's
+    ),
+    later=st.lists(st.floats(min_value=0, max_value=3600, allow_nan=False), max_size=10),
+)
+def test_another_node_never_sees_more_left_than_the_node_running_the_calls(
+    credit: Decimal,
+    calls: list[tuple[Decimal, float]],
+    pending: Decimal,
+    clocks: tuple[float, float],
+    later: list[float],
+) -> None:
+    """Node A runs the calls and publishes its share on the shared clock
+    (A's clock + ``offset``); node B, whose own clock reads ``skew`` more
+    than A's, applies it: at every later instant B's view of what is left
+    is at most A's exact one (the bound errs towards ending calls early,
+    never towards overspending)."""
+    offset, skew = clocks
+    node_a, node_b = meter_with(str(credit)), meter_with(str(credit))
+    if pending:
+        node_a.start(1, "ended", pending * 60, 0.0)
+        node_a.stop("ended", 1.0)
+    for index, (price, answered) in enumerate(calls):
+        node_a.start(1, f"c{index}", price, answered)
+    now = 600.0  # on A's clock
+    for profile_id, share in node_a.local_shares(clock_offset=offset).items():
+        node_b.set_remote(profile_id, share, clock_offset=offset - skew, now=now + skew)
+    for t in [now, *(now + x for x in later)]:
+        assert node_b.available(1, t + skew) <= node_a.available(1, t)
+        assert node_b.has_credit(1, t + skew) <= node_a.has_credit(1, t)
