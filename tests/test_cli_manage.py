@@ -1,7 +1,7 @@
-"""The management commands of issue 5 as an operator runs them: ``python -m
-gateway`` in a subprocess, on a SQLite file (the service layer itself is
-tested on both engines in test_profile_ops.py, test_rates.py,
-test_history.py and test_tokens.py).
+"""The management commands of issue 5 as an operator runs them: a command
+line given to the ``sipgw`` entry point (in-process, see the ``sipgw``
+fixture of test_cli_profiles.py), on a fresh SQLite file and a fresh
+PostgreSQL database.
 
 Each command's success, and its failure as one line on stderr with the
 documented exit status; the credentials e-mail of ``profile create``
@@ -13,6 +13,7 @@ told to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -558,6 +559,9 @@ def busy_http(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
+        # shutdown wakes the thread blocked in accept (close alone does not).
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         thread.join(5)
 

@@ -1,11 +1,18 @@
-"""The management commands as an operator runs them: ``python -m gateway``
-in a subprocess, against a SQLite file in a temporary directory, with a
-temporary secret key."""
+"""The management commands as an operator runs them: a command line given
+to the ``sipgw`` entry point, against a SQLite file in a temporary
+directory, with a temporary secret key; its output and exit status checked.
+The entry point runs in-process (the ``sipgw`` fixture); ``python -m
+gateway`` runs as a subprocess for ``serve`` and in
+:func:`test_the_console_script_runs_as_a_process`."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import io
 import json
+import logging
 import os
 import shlex
 import stat
@@ -19,6 +26,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from gateway.cli import main as cli_main
 from gateway.directory import load_directory
 from gateway.profiles import get_profile
 from gateway.settings import SECRET_KEY_ENV
@@ -39,7 +47,12 @@ RUN_TIMEOUT = 60.0
 
 class Run(Protocol):
     def __call__(
-        self, command: str, *, env: dict[str, str] | None = None, database: bool = True
+        self,
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        database: bool = True,
+        process: bool = False,
     ) -> subprocess.CompletedProcess[str]: ...
 
 
@@ -58,10 +71,22 @@ def sipgw(tmp_path: Path, secret_key: str, database_url: str) -> Run:
     """``sipgw("profile list --json")``: run one command (split like a shell
     line) in ``tmp_path``, so that no config/gateway.toml is found, with the
     secret key in the environment, and with ``--database`` added unless
-    ``database=False``, the command names one, or it is ``serve``."""
+    ``database=False``, the command names one, or it is ``serve``.
+
+    Management commands run in this process through the console script's
+    entry point (:func:`gateway.cli.main`, see :func:`run_in_process`):
+    the same arguments, output and exit status as ``python -m gateway``,
+    without half a second of interpreter start and imports per command.
+    ``serve`` and ``process=True`` run ``python -m gateway`` in a
+    subprocess, as :func:`test_the_console_script_runs_as_a_process` does
+    for the entry point itself."""
 
     def run(
-        command: str, *, env: dict[str, str] | None = None, database: bool = True
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        database: bool = True,
+        process: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         args = shlex.split(command)
         if database and "--database" not in args and args[0] != "serve":
@@ -69,6 +94,8 @@ def sipgw(tmp_path: Path, secret_key: str, database_url: str) -> Run:
         environment = gateway_env()
         environment[SECRET_KEY_ENV] = secret_key
         environment.update(env or {})
+        if not process and args[0] != "serve":
+            return run_in_process(args, cwd=tmp_path, env=environment)
         return subprocess.run(
             gateway_command(*args),
             cwd=tmp_path,
@@ -80,6 +107,52 @@ def sipgw(tmp_path: Path, secret_key: str, database_url: str) -> Run:
         )
 
     return run
+
+
+def run_in_process(
+    args: list[str], *, cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``sipgw ARGS`` as :func:`gateway.cli.main`, in this process: in
+    ``cwd``, with ``env`` as the whole environment, standard output and
+    error captured as a subprocess's would be (text mode: CRLF read as LF;
+    a warning logged with no handler configured written to stderr, as
+    Python's last-resort handler does), ``SystemExit`` (argparse) as the
+    exit status.  Called from a coroutine (a running event loop), the
+    command runs in a thread of its own, as its own process would: it starts
+    an event loop of its own, and blocks the caller as ``subprocess.run``
+    does."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(run_in_process, args, cwd=cwd, env=env).result()
+    out, err = io.StringIO(), io.StringIO()
+    last_resort = logging.StreamHandler(err)
+    last_resort.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    saved_environment, saved_directory = dict(os.environ), Path.cwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    root.addHandler(last_resort)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = cli_main(args)
+            except SystemExit as stop:
+                status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        root.removeHandler(last_resort)
+        os.chdir(saved_directory)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+
+    def text(stream: io.StringIO) -> str:
+        return stream.getvalue().replace("\r\n", "\n").replace("\r", "\n")
+
+    return subprocess.CompletedProcess(["sipgw", *args], status, text(out), text(err))
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -210,6 +283,25 @@ def test_empty_list(sipgw: Run) -> None:
 
 # ---------------------------------------------------------------------------
 # Errors: one line; exit 2 for usage and validation, 1 for not found/conflict
+
+
+def test_the_console_script_runs_as_a_process(sipgw: Run, database_url: str) -> None:
+    """The other tests call the entry point in-process; this one runs
+    ``python -m gateway`` itself: output, the three exit statuses, and the
+    secret key read from the environment of a fresh interpreter."""
+    created = ok_json(
+        sipgw("account create --name acme --email ops@acme.example --json", process=True)
+    )
+    assert created["name"] == "acme"
+    profile = ok_json(
+        sipgw("profile create --account acme --name sales --auth registration --json", process=True)
+    )
+    shown = ok_json(sipgw("profile show sales --json", process=True))
+    assert shown["password"] == profile["password"]
+    assert_error(sipgw("profile show ghost", process=True), 1, "no profile named 'ghost'")
+    assert_error(sipgw("profile frobnicate", process=True), 2, "invalid choice")
+    # In-process and subprocess runs see the same database and say the same.
+    assert ok_json(sipgw("profile show sales --json")) == shown
 
 
 def test_usage_and_validation_errors_exit_2(sipgw: Run) -> None:
