@@ -366,6 +366,7 @@ async def healthz(request: web.Request) -> web.Response:
             "tracked": router.tracked,
             "registrations": sum(router.registrar.counts(app[SIP_SERVICE].now()).values()),
             "call_records_pending": app[CALL_RECORDS].pending,
+            "directory_version": router.directory.version,
         }
     )
 

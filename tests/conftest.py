@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import errno
+import io
 import json
+import logging
 import os
 import random
 import shlex
@@ -50,9 +53,6 @@ REPLY_TIMEOUT = 2.0
 #: be given back (the admission release runs as a task once a call is over).
 IDLE_TIMEOUT = 5.0
 IDLE_POLL = 0.05
-#: One management command: interpreter start, imports, opening (on first
-#: use creating and migrating) the database.  Generous for a loaded CI machine.
-CLI_TIMEOUT = 60.0
 #: The environment variable holding the Fernet key that encrypts the stored
 #: SIP passwords (``gateway.settings.SECRET_KEY_ENV``).
 SECRET_KEY_ENV = "SIPGW_SECRET_KEY"
@@ -476,6 +476,54 @@ def toml_string(text: str) -> str:
     return json.dumps(text)
 
 
+def run_in_process(
+    args: list[str], *, cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``sipgw ARGS`` as :func:`gateway.cli.main`, in this process: in
+    ``cwd``, with ``env`` as the whole environment, standard output and
+    error captured as a subprocess's would be (text mode: CRLF read as LF;
+    a warning logged with no handler configured written to stderr, as
+    Python's last-resort handler does), ``SystemExit`` (argparse) as the
+    exit status.  Called from a coroutine (a running event loop), the
+    command runs in a thread of its own, as its own process would: it starts
+    an event loop of its own, and blocks the caller as ``subprocess.run``
+    does."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(run_in_process, args, cwd=cwd, env=env).result()
+    from gateway.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    last_resort = logging.StreamHandler(err)
+    last_resort.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    saved_environment, saved_directory = dict(os.environ), Path.cwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    root.addHandler(last_resort)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = cli_main(args)
+            except SystemExit as stop:
+                status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        root.removeHandler(last_resort)
+        os.chdir(saved_directory)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+
+    def text(stream: io.StringIO) -> str:
+        return stream.getvalue().replace("\r\n", "\n").replace("\r", "\n")
+
+    return subprocess.CompletedProcess(["sipgw", *args], status, text(out), text(err))
+
+
 @dataclass
 class GatewayHome:
     """What one gateway runs on, in a temporary directory: a SQLite database
@@ -498,23 +546,20 @@ class GatewayHome:
         return env
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``python -m gateway ARGS --database URL``, run in the home
-        directory (where no config file is found).  With ``check``, a
+        """``sipgw ARGS --database URL`` (the entry point, in-process: see
+        :func:`run_in_process`), run in the home directory (where no config
+        file is found).  With ``check``, a
         non-zero exit fails with the command's one-line message."""
-        result = subprocess.run(
-            gateway_command(*args, "--database", self.database_url),
-            cwd=self.directory,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
+        result = run_in_process(
+            [*args, "--database", self.database_url], cwd=self.directory, env=self.env()
         )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"sipgw {shlex.join(args)} exited with {result.returncode}:"
                 f" {result.stderr.strip() or result.stdout.strip()}"
             )
+        if result.returncode == 0:
+            self.wait_applied()  # read-your-writes, as the REST API gives
         return result
 
     def cli_json(self, *args: str) -> Any:
@@ -526,6 +571,23 @@ class GatewayHome:
             raise AssertionError(
                 f"sipgw {shlex.join(args)} --json printed no JSON: {result.stdout!r}"
             ) from None
+
+    def wait_applied(self, timeout: float = 10.0) -> None:
+        """Return once every gateway started here and still running has
+        applied the database's directory version (``directory_version`` in
+        ``/healthz``): a change just made is in force for the next call."""
+        running = [served for served in self.started if served.process.poll() is None]
+        if not running:
+            return
+        version = self.with_store(lambda store: store.version())
+        deadline = time.monotonic() + timeout
+        for served in running:
+            while (applied := served.healthz()["directory_version"]) < version:
+                assert time.monotonic() < deadline, (
+                    f"{served.http_url} still at directory version {applied} < {version}"
+                    f" after {timeout} s\n{served.log()}"
+                )
+                time.sleep(0.02)
 
     def with_store(self, work: Callable[[Store], Awaitable[T]]) -> T:
         """``await work(store)`` on this home's database, in this process:
@@ -542,7 +604,13 @@ class GatewayHome:
             async with store:
                 return await work(store)
 
-        return asyncio.run(run())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run())
+        # Called from a coroutine: its own loop, in a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            return thread.submit(asyncio.run, run()).result()
 
     def open_for_calls(
         self, account: str, profiles: Sequence[str], *, credit: str = "1000", price: str = "0"

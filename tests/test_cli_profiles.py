@@ -8,11 +8,7 @@ gateway`` runs as a subprocess for ``serve`` and in
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import io
 import json
-import logging
 import os
 import shlex
 import stat
@@ -26,7 +22,6 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
-from gateway.cli import main as cli_main
 from gateway.directory import load_directory
 from gateway.profiles import get_profile
 from gateway.settings import SECRET_KEY_ENV
@@ -38,6 +33,7 @@ from tests.conftest import (
     gateway_command,
     gateway_env,
     random_loopback,
+    run_in_process,
     wait_until_healthy,
 )
 
@@ -107,52 +103,6 @@ def sipgw(tmp_path: Path, secret_key: str, database_url: str) -> Run:
         )
 
     return run
-
-
-def run_in_process(
-    args: list[str], *, cwd: Path, env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    """``sipgw ARGS`` as :func:`gateway.cli.main`, in this process: in
-    ``cwd``, with ``env`` as the whole environment, standard output and
-    error captured as a subprocess's would be (text mode: CRLF read as LF;
-    a warning logged with no handler configured written to stderr, as
-    Python's last-resort handler does), ``SystemExit`` (argparse) as the
-    exit status.  Called from a coroutine (a running event loop), the
-    command runs in a thread of its own, as its own process would: it starts
-    an event loop of its own, and blocks the caller as ``subprocess.run``
-    does."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        with concurrent.futures.ThreadPoolExecutor(1) as thread:
-            return thread.submit(run_in_process, args, cwd=cwd, env=env).result()
-    out, err = io.StringIO(), io.StringIO()
-    last_resort = logging.StreamHandler(err)
-    last_resort.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    saved_environment, saved_directory = dict(os.environ), Path.cwd()
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    root.addHandler(last_resort)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                status = cli_main(args)
-            except SystemExit as stop:
-                status = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        root.removeHandler(last_resort)
-        os.chdir(saved_directory)
-        os.environ.clear()
-        os.environ.update(saved_environment)
-
-    def text(stream: io.StringIO) -> str:
-        return stream.getvalue().replace("\r\n", "\n").replace("\r", "\n")
-
-    return subprocess.CompletedProcess(["sipgw", *args], status, text(out), text(err))
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:

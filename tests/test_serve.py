@@ -179,6 +179,8 @@ def test_healthz(module_gateway: ServedGateway) -> None:
     host, port = module_gateway.sip
     # Earlier tests on this gateway may have transactions still ending (Timer J).
     assert isinstance(body.pop("transactions"), int)
+    # What its database holds (GatewayHome.wait_applied relies on it).
+    assert isinstance(body.pop("directory_version"), int)
     assert body == {
         "status": "ok",
         "version": __version__,
