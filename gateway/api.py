@@ -52,6 +52,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway import history, profiles, rates, tokens
+from gateway.advertise import gateway_addresses
 from gateway.app import ADMISSION, DIRECTORY_REFRESH, ROUTER, SETTINGS, SIP_TRANSPORT, STORE
 from gateway.errors import ProfileError, ValidationError
 from gateway.mailer import Mailer
@@ -358,11 +359,13 @@ def _fields(
 
 def _gateway_addresses(request: web.Request) -> list[str]:
     """Where PBXs send SIP: the bound listeners (a configured port 0 is a
-    real port by now), else the configured addresses."""
+    real port by now), else the configured addresses, as a PBX reaches them
+    (``sip.advertise``, :mod:`gateway.advertise`)."""
+    sip = request.config_dict[SETTINGS].sip
     transport = request.config_dict.get(SIP_TRANSPORT)
     if transport is not None:
-        return [str(listener) for listener in transport.listeners]
-    return [str(address) for address in request.config_dict[SETTINGS].sip.listen]
+        return gateway_addresses(sip, transport.listeners)
+    return gateway_addresses(sip, sip.listen)
 
 
 def _location(*segments: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -26,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from admission import AdmissionController, MemoryAdmission, RedisAdmission
 from gateway import __version__
+from gateway.advertise import advertised_address, needs_advertise
 from gateway.calls import CallRouter, CarrierSettings, Hop
 from gateway.cdr import CallRecordEntry, CallRecordWriter
 from gateway.credit import CreditMeter
@@ -35,7 +35,7 @@ from gateway.mailer import SMTPMailer
 from gateway.metrics import Metrics
 from gateway.notify import listen_for_changes
 from gateway.registrar import LocationService, RegistrarPolicy
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, SIPServerSettings
 from gateway.store import Store, open_store
 from sip.digest import DigestRealm
 from sip.errors import ParseError
@@ -182,15 +182,20 @@ SHUTDOWN_GRACE = 0.2
 RECORD_FLUSH_TIMEOUT = 5.0
 
 
-def _advertised(transport: TransportLayer) -> tuple[str, int]:
-    """The address we put in Via and Record-Route: the first listener with
-    a concrete host (a wildcard listener advertises this host's address)."""
+def _advertised(sip: SIPServerSettings, transport: TransportLayer) -> tuple[str, int]:
+    """The address we put in Via and Record-Route (:mod:`gateway.advertise`):
+    ``sip.advertise``, else the first listener with a concrete host, else a
+    guess, which the operator is warned about."""
     listeners = transport.listeners
-    for listener in listeners:
-        if listener.host not in ("0.0.0.0", "::"):
-            return listener.host, listener.port
-    first = listeners[0]
-    return socket.gethostbyname(socket.gethostname()), first.port
+    address = advertised_address(sip, listeners)
+    if needs_advertise(sip, listeners):
+        logger.warning(
+            "every SIP listener is a wildcard address: Via and Record-Route will carry %s,"
+            " which PBXs and the carrier may not reach; set sip.advertise to the address"
+            " they reach this gateway at",
+            address,
+        )
+    return address.host, address.port
 
 
 def _admission(settings: GatewaySettings) -> AdmissionController:
@@ -273,7 +278,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         digest=DigestRealm(sip.realm, secrets.token_bytes(32), algorithms=DIGEST_ALGORITHMS),
         carrier=_carrier(settings),
         own_addresses=[(listener.host, listener.port) for listener in transport.listeners],
-        advertised=_advertised(transport),
+        advertised=_advertised(sip, transport),
         observer=metrics,
         max_call_duration=settings.calls.max_call_duration,
         min_session_expires=settings.calls.min_session_expires,

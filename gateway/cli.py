@@ -2,8 +2,9 @@
 
 ``sipgw serve`` runs the gateway until SIGINT or SIGTERM.  Settings come from
 ``--config`` (default ``config/gateway.toml`` in the working directory if it
-exists, else the built-in defaults); ``--sip-listen``, ``--http-listen``,
-``--log-level``, ``--database`` and ``--carrier`` override the file.
+exists, else the built-in defaults); ``--sip-listen``, ``--sip-advertise``,
+``--http-listen``, ``--log-level``, ``--database`` and ``--carrier``
+override the file.
 
 The management commands (``account``, ``profile``, ``number``, ``rate``,
 ``history``, ``token``; see ``docs/cli.md``) open the same store as the
@@ -39,6 +40,7 @@ from typing import Any, NoReturn
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import __version__, history, profiles, rates, tokens
+from gateway.advertise import gateway_addresses
 from gateway.errors import ProfileError
 from gateway.mailer import SMTPMailer
 from gateway.models import MAX_CHANNELS, AuthMode, TokenRole
@@ -387,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SIP address for UDP and TCP (repeatable; replaces sip.listen)",
     )
     serve.add_argument(
+        "--sip-advertise",
+        metavar="HOST[:PORT]",
+        help="address PBXs and the carrier reach the gateway at, put in Via and"
+        ' Record-Route (replaces sip.advertise; "" for none)',
+    )
+    serve.add_argument(
         "--http-listen",
         type=_address("--http-listen"),
         metavar="HOST:PORT",
@@ -417,6 +425,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         settings = load_settings(path) if path is not None else GatewaySettings()
         return settings.with_overrides(
             sip_listen=getattr(args, "sip_listen", None),
+            sip_advertise=getattr(args, "sip_advertise", None),
             http_listen=getattr(args, "http_listen", None),
             log_level=getattr(args, "log_level", None),
             database=args.database,
@@ -541,7 +550,8 @@ def _account_text(view: profiles.AccountView) -> str:
 
 
 def _gateway_addresses(settings: GatewaySettings) -> list[str]:
-    return [str(address) for address in settings.sip.listen]
+    """The configured listeners as a PBX reaches them (``sip.advertise``)."""
+    return gateway_addresses(settings.sip, settings.sip.listen)
 
 
 def _document(view: profiles.ProfileView, settings: GatewaySettings) -> dict[str, Any]:

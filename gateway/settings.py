@@ -41,7 +41,9 @@ __all__ = [
     "LOG_LEVELS",
     "SECRET_KEY_ENV",
     "SMTP_SECURITY",
+    "WILDCARD_HOSTS",
     "AdmissionSettings",
+    "AdvertisedAddress",
     "CallSettings",
     "CarrierSettings",
     "CarrierSource",
@@ -56,6 +58,7 @@ __all__ = [
     "StoreSettings",
     "canonical_ip",
     "load_settings",
+    "parse_advertise",
     "parse_carrier_uri",
     "parse_database_url",
     "parse_host_port",
@@ -93,6 +96,12 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
+# RFC 3261 §25.1: hostname = *( domainlabel "." ) toplabel [ "." ], and a
+# toplabel starts with a letter, so "192.0.2.300" is neither an IPv4
+# address nor a host name.
+_TOPLABEL = re.compile(r"(?:\A|\.)[A-Za-z][A-Za-z0-9-]*\.?\Z")
+#: Listen addresses that mean "every local address": bound, never given out.
+WILDCARD_HOSTS = ("0.0.0.0", "::")
 # The realm goes into a quoted-string (RFC 3261 §22.4, RFC 7616 §3.3): no
 # quotes, backslashes or control characters, and a length a PBX will accept.
 _REALM = re.compile(r"[\x20-\x7e]{1,128}\Z")
@@ -139,29 +148,95 @@ def parse_host_port(text: object, key: str) -> HostPort:
     """
     if not isinstance(text, str):
         raise ConfigError(key, f"must be a string like 127.0.0.1:5060, got {_show(text)}")
-    hint = "expected HOST:PORT (IPv6 in brackets, e.g. [::1]:5060)"
+    host, port_text = _split_host_port(text, key, "expected HOST:PORT", need_port=True)
+    if (
+        port_text is None
+        or not port_text.isdigit()
+        or not port_text.isascii()
+        or int(port_text) > 65535
+    ):
+        raise ConfigError(key, f"{text!r}: port must be a number from 0 to 65535")
+    return HostPort(host, int(port_text))
+
+
+def _split_host_port(text: str, key: str, hint: str, *, need_port: bool) -> tuple[str, str | None]:
+    """``text`` as (host, port text), the host checked: an IPv4 address, an
+    IPv6 address in brackets, or a host name.  The port text is None when
+    there is none and ``need_port`` is false."""
+    hint += " (IPv6 in brackets, e.g. [::1]:5060)"
     value = text.strip()
     if value.startswith("["):
         close = value.find("]")
-        if close < 0 or value[close + 1 : close + 2] != ":":
+        rest = value[close + 1 :] if close >= 0 else ""
+        if close < 0 or ((rest or need_port) and not rest.startswith(":")):
             raise ConfigError(key, f"{text!r}: {hint}")
-        host, port_text = value[1:close], value[close + 2 :]
+        host = value[1:close]
         try:
             if ipaddress.ip_address(host).version != 6:
                 raise ValueError(host)
         except ValueError:
             raise ConfigError(key, f"{text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host:
-            raise ConfigError(key, f"{text!r}: {hint}")
-        if ":" in host:
-            raise ConfigError(key, f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:5060")
-        if not _is_ipv4(host) and not _HOSTNAME.match(host):
-            raise ConfigError(key, f"{text!r}: {host!r} is not an IP address or host name")
-    if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
-        raise ConfigError(key, f"{text!r}: port must be a number from 0 to 65535")
-    return HostPort(host, int(port_text))
+        return host, rest[1:] if rest else None
+    host, sep, port_text = value.rpartition(":")
+    if not sep and not need_port:
+        return _checked_host(value, text, key), None
+    if not sep or not host:
+        raise ConfigError(key, f"{text!r}: {hint}")
+    return _checked_host(host, text, key), port_text
+
+
+def _checked_host(host: str, text: str, key: str) -> str:
+    if ":" in host:
+        raise ConfigError(key, f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:5060")
+    if not _is_ipv4(host) and not _HOSTNAME.match(host):
+        raise ConfigError(key, f"{text!r}: {host!r} is not an IP address or host name")
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertisedAddress:
+    """``sip.advertise``: where PBXs and carriers reach the gateway (behind
+    NAT, or on a host with several addresses).  ``host`` is an IP address
+    (IPv6 without brackets) or a host name; ``port`` None means the port of
+    the first listener."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+def parse_advertise(text: object, key: str) -> AdvertisedAddress | None:
+    """``HOST`` or ``HOST:PORT`` (``[v6]`` or ``[v6]:PORT``); ``""`` is None.
+
+    The host goes into Via sent-by and Record-Route (RFC 3261 §20.42,
+    §20.30), so it is an IP literal or a host name by the §25.1 grammar;
+    a wildcard address names no host a peer could reach.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(
+            key, f"must be a string like 203.0.113.10 or sip.example.net:5060, got {_show(text)}"
+        )
+    if not text.strip():
+        return None
+    host, port_text = _split_host_port(text, key, "expected HOST or HOST:PORT", need_port=False)
+    if canonical_ip(host) is None and not _TOPLABEL.search(host):
+        raise ConfigError(key, f"{text!r}: {host!r} is not an IP address or host name")
+    if "%" in host:  # an IPv6 zone: meaningless to a peer, and no SIP URI can carry it
+        raise ConfigError(key, f"{text!r}: an IPv6 zone (%...) cannot be advertised")
+    if canonical_ip(host) in WILDCARD_HOSTS:
+        raise ConfigError(
+            key,
+            f"{text!r} is a wildcard: give the address (or host name) that PBXs"
+            " and the carrier reach this gateway at",
+        )
+    if port_text is None:
+        return AdvertisedAddress(host)
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"{text!r}: port must be a number from 1 to 65535")
+    return AdvertisedAddress(host, int(port_text))
 
 
 def canonical_ip(text: str) -> str | None:
@@ -198,6 +273,8 @@ class SIPServerSettings:
     SIP core's timers and limits (:class:`sip.settings.SIPSettings`)."""
 
     listen: tuple[HostPort, ...] = (_DEFAULT_SIP_ADDRESS,)
+    # None: the first listener with a concrete host (see gateway.advertise).
+    advertise: AdvertisedAddress | None = None
     realm: str = DEFAULT_REALM
     max_tcp_connections: int = MAX_TCP_CONNECTIONS
     core: SIPSettings = field(default_factory=SIPSettings)
@@ -457,6 +534,7 @@ class GatewaySettings:
         self,
         *,
         sip_listen: Iterable[HostPort] | None = None,
+        sip_advertise: str | None = None,
         http_listen: HostPort | None = None,
         log_level: str | None = None,
         database: str | None = None,
@@ -466,12 +544,17 @@ class GatewaySettings:
 
         ``carrier`` is a ``sip:`` URI (``""`` for none); a ``;transport=``
         parameter in it replaces ``carrier.transport``, and the configured
-        ``sources`` stay.
+        ``sources`` stay.  ``sip_advertise`` is ``HOST[:PORT]`` (``""`` for
+        none).
         """
         sip, http, log = self.sip, self.http, self.log
         store, carrier_settings = self.store, self.carrier
         if sip_listen is not None:
             sip = dataclasses.replace(sip, listen=_unique_listen(tuple(sip_listen), "--sip-listen"))
+        if sip_advertise is not None:
+            sip = dataclasses.replace(
+                sip, advertise=parse_advertise(sip_advertise, "--sip-advertise")
+            )
         if http_listen is not None:
             http = dataclasses.replace(http, listen=http_listen)
         if log_level is not None:
@@ -544,6 +627,7 @@ def _log_level(value: object, key: str) -> str:
 
 _SIP_KEYS = (
     "listen",
+    "advertise",
     "realm",
     "t1",
     "t2",
@@ -595,6 +679,7 @@ def _sip_section(data: Mapping[str, Any]) -> SIPServerSettings:
     )
     return SIPServerSettings(
         listen=listen,
+        advertise=parse_advertise(section.get("advertise", ""), "sip.advertise"),
         realm=realm,
         max_tcp_connections=_count(section, "max_tcp_connections", MAX_TCP_CONNECTIONS, "sip"),
         core=core,

@@ -22,6 +22,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
+from gateway.advertise import this_host
 from gateway.directory import load_directory
 from gateway.profiles import get_profile
 from gateway.settings import SECRET_KEY_ENV
@@ -143,7 +144,8 @@ def test_every_command_with_json(sipgw: Run, database_url: str, secret_key: str)
     assert len(sales["sip_username"]) == 11 and sales["sip_username"].startswith("p")
     assert len(sales["password"]) == 20 and sales["password"].isalnum()
     assert sales["realm"] == "sipgw"
-    assert sales["gateway_addresses"] == ["0.0.0.0:5060"]
+    # The default listener is a wildcard: the document names this host.
+    assert sales["gateway_addresses"] == [f"{this_host()}:5060"]
     assert sales["transports"] == ["udp", "tcp"]
     assert sales["channel_limit"] == 300
     assert (sales["ip"], sales["port"], sales["numbers"]) == (None, None, [])
@@ -205,7 +207,7 @@ def test_text_output(sipgw: Run) -> None:
     shown = sipgw("profile show sales")
     assert shown.returncode == 0
     assert username in shown.stdout and password in shown.stdout
-    assert "realm:" in shown.stdout and "0.0.0.0:5060 (udp, tcp)" in shown.stdout
+    assert "realm:" in shown.stdout and f"{this_host()}:5060 (udp, tcp)" in shown.stdout
     made_ip = sipgw("profile create --account acme --name pbx --auth ip --ip ::1 --port 5060")
     assert made_ip.returncode == 0 and "[::1]:5060" in made_ip.stdout
     listing = sipgw("profile list")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.advertise import advertised_address, gateway_addresses, needs_advertise
 from gateway.settings import (
+    AdvertisedAddress,
     CallSettings,
     CarrierSettings,
     CarrierSource,
@@ -14,9 +16,11 @@ from gateway.settings import (
     GatewaySettings,
     HostPort,
     RegistrarSettings,
+    SIPServerSettings,
     SMTPSettings,
     StoreSettings,
     load_settings,
+    parse_advertise,
     parse_host_port,
     settings_from_mapping,
 )
@@ -35,6 +39,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults() -> None:
     settings = GatewaySettings()
     assert settings.sip.listen == (HostPort("0.0.0.0", 5060),)
+    assert settings.sip.advertise is None
     assert settings.http.listen == HostPort("127.0.0.1", 8080)
     assert settings.sip.realm == "sipgw"
     assert settings.sip.core == SIPSettings()
@@ -123,6 +128,7 @@ def test_full_file(tmp_path: Path) -> None:
         """
 [sip]
 listen = ["127.0.0.1:5070", "[::1]:5071", "sip.example.net:0"]
+advertise = "gw.example.net:5080"
 realm = "pbx.example.net"
 t1 = 1
 t2 = 8.5
@@ -147,6 +153,7 @@ level = "DEBUG"
         HostPort("::1", 5071),
         HostPort("sip.example.net", 0),
     )
+    assert settings.sip.advertise == AdvertisedAddress("gw.example.net", 5080)
     assert settings.sip.realm == "pbx.example.net"
     core = settings.sip.core
     assert (core.t1, core.t2, core.t4, core.timer_c, core.tcp_idle_timeout) == (
@@ -227,6 +234,19 @@ def test_bad_host_port(text: str, problem: str) -> None:
         ('[sip]\nlisten = ["1.2.3.4:1", "1.2.3.4:1"]\n', "sip.listen", "listed twice"),
         ('[sip]\nlisten = ["127.0.0.1:5060", 5061]\n', "sip.listen[1]", "must be a string"),
         ('[sip]\nlisten = ["127.0.0.1:99999"]\n', "sip.listen[0]", "port must be"),
+        ('[sip]\nadvertise = "0.0.0.0"\n', "sip.advertise", "'0.0.0.0' is a wildcard"),
+        ('[sip]\nadvertise = "[::]:5060"\n', "sip.advertise", "is a wildcard"),
+        ('[sip]\nadvertise = "[0:0::0]"\n', "sip.advertise", "is a wildcard"),
+        ('[sip]\nadvertise = "192.0.2.300"\n', "sip.advertise", "not an IP address or host"),
+        ('[sip]\nadvertise = "gw_1.example.net"\n', "sip.advertise", "not an IP address or"),
+        ('[sip]\nadvertise = "gw.example.net:0"\n', "sip.advertise", "from 1 to 65535"),
+        ('[sip]\nadvertise = "gw.example.net:65536"\n', "sip.advertise", "from 1 to 65535"),
+        ('[sip]\nadvertise = "192.0.2.1:"\n', "sip.advertise", "from 1 to 65535"),
+        ('[sip]\nadvertise = "2001:db8::1"\n', "sip.advertise", "in brackets"),
+        ('[sip]\nadvertise = "[2001:db8::1]5060"\n', "sip.advertise", "HOST or HOST:PORT"),
+        ('[sip]\nadvertise = "[192.0.2.1]"\n', "sip.advertise", "not an IPv6 address"),
+        ('[sip]\nadvertise = "[fe80::1%eth0]"\n', "sip.advertise", "IPv6 zone"),
+        ('[sip]\nadvertise = ["192.0.2.1"]\n', "sip.advertise", "must be a string"),
         ("[sip]\nt1 = -1\n", "sip.t1", "positive"),
         ("[sip]\nt1 = 0\n", "sip.t1", "positive"),
         ('[sip]\nt1 = "fast"\n', "sip.t1", "number of seconds"),
@@ -358,6 +378,106 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("203.0.113.10", AdvertisedAddress("203.0.113.10")),
+        ("203.0.113.10:5070", AdvertisedAddress("203.0.113.10", 5070)),
+        ("[2001:db8::10]", AdvertisedAddress("2001:db8::10")),
+        ("[2001:db8::10]:65535", AdvertisedAddress("2001:db8::10", 65535)),
+        ("sip.example.net", AdvertisedAddress("sip.example.net")),
+        ("Sip-1.Example.NET.:1", AdvertisedAddress("Sip-1.Example.NET.", 1)),
+        ("localhost", AdvertisedAddress("localhost")),
+        (" 192.0.2.1 ", AdvertisedAddress("192.0.2.1")),
+    ],
+)
+def test_advertise(text: str, expected: AdvertisedAddress) -> None:
+    parsed = parse_advertise(text, "sip.advertise")
+    assert parsed == expected
+    assert parse_advertise(str(parsed), "sip.advertise") == parsed  # str() round-trips
+    assert settings_from_mapping({"sip": {"advertise": text}}).sip.advertise == expected
+
+
+def test_empty_advertise_is_the_default() -> None:
+    assert parse_advertise("", "sip.advertise") is None
+    assert settings_from_mapping({"sip": {"advertise": ""}}) == GatewaySettings()
+
+
+def test_advertise_override(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[sip]\nadvertise = "sip.example.net"\n'))
+    changed = settings.with_overrides(sip_advertise="[2001:db8::10]:5070")
+    assert changed.sip.advertise == AdvertisedAddress("2001:db8::10", 5070)
+    assert changed.sip.listen == settings.sip.listen
+    assert settings.with_overrides(sip_advertise="").sip.advertise is None
+    assert settings.with_overrides() == settings
+    with pytest.raises(ConfigError) as info:
+        settings.with_overrides(sip_advertise="::")
+    assert info.value.key == "--sip-advertise"
+    assert "put an IPv6 address in brackets" in info.value.problem
+    with pytest.raises(ConfigError) as info:
+        settings.with_overrides(sip_advertise="0.0.0.0:5060")
+    assert str(info.value).startswith("--sip-advertise: '0.0.0.0:5060' is a wildcard")
+
+
+def _sip(listen: list[str], advertise: str = "") -> SIPServerSettings:
+    return settings_from_mapping({"sip": {"listen": listen, "advertise": advertise}}).sip
+
+
+def _this_host() -> str:
+    return "192.0.2.99"  # what this host's name resolves to, in these tests
+
+
+@pytest.mark.parametrize(
+    ("listen", "advertise", "via", "documents"),
+    [
+        # Concrete listeners: as today, the first one, and each as it is.
+        (["192.0.2.1:5060", "[2001:db8::1]:5070"], "", "192.0.2.1:5060",
+         ["192.0.2.1:5060", "[2001:db8::1]:5070"]),
+        # A wildcard before a concrete one: Via names the concrete one; the
+        # documents name this host for the wildcard.
+        (["0.0.0.0:5060", "192.0.2.1:5070"], "", "192.0.2.1:5070",
+         ["192.0.2.99:5060", "192.0.2.1:5070"]),
+        # Only wildcards: this host, once per port.
+        (["0.0.0.0:5060", "[::]:5060", "0.0.0.0:5070"], "", "192.0.2.99:5060",
+         ["192.0.2.99:5060", "192.0.2.99:5070"]),
+        # Advertised host: every listener's port at it.
+        (["0.0.0.0:5060", "[::]:5060", "10.0.0.5:5070"], "203.0.113.10", "203.0.113.10:5060",
+         ["203.0.113.10:5060", "203.0.113.10:5070"]),
+        # Advertised port: a forward to the first listener's port.
+        (["10.0.0.5:5080", "10.0.1.5:5080", "10.0.0.5:5090"], "sip.example.net:5060",
+         "sip.example.net:5060", ["sip.example.net:5060", "sip.example.net:5090"]),
+        (["10.0.0.5:5060"], "[2001:db8::10]", "[2001:db8::10]:5060", ["[2001:db8::10]:5060"]),
+    ],
+)  # fmt: skip
+def test_the_address_given_out(
+    listen: list[str], advertise: str, via: str, documents: list[str]
+) -> None:
+    """gateway.advertise: the one address of Via and Record-Route, and the
+    addresses of the profile documents, agree."""
+    sip = _sip(listen, advertise)
+    assert str(advertised_address(sip, sip.listen, _this_host)) == via
+    assert gateway_addresses(sip, sip.listen, _this_host) == documents
+    assert needs_advertise(sip, sip.listen) == (
+        not advertise and all(address.startswith(("0.0.0.0", "[::]")) for address in listen)
+    )
+
+
+def test_this_host_is_asked_only_for_a_wildcard() -> None:
+    asked: list[str] = []
+
+    def this_host() -> str:
+        asked.append("asked")
+        return "192.0.2.99"
+
+    for sip in (_sip(["192.0.2.1:5060"]), _sip(["0.0.0.0:5060"], "sip.example.net")):
+        advertised_address(sip, sip.listen, this_host)
+        gateway_addresses(sip, sip.listen, this_host)
+    assert asked == []
+    sip = _sip(["0.0.0.0:5060", "0.0.0.0:5070"])
+    assert gateway_addresses(sip, sip.listen, this_host) == ["192.0.2.99:5060", "192.0.2.99:5070"]
+    assert asked == ["asked"]  # once for all the wildcards
 
 
 def test_overrides_are_checked() -> None:
