@@ -216,10 +216,15 @@ async def test_allocate_and_withdraw_credit(store: Store) -> None:
         await profiles.allocate_credit(store, "pbx", "0.0001")
     view, account = await profiles.allocate_credit(store, "pbx", "-100")
     assert (view.credit, account.balance) == (Decimal(0), Decimal(100))
+    version = await store.version()
     with pytest.raises(InsufficientFundsError, match=r"profile 'pbx' has a credit of 0\.0000"):
         await profiles.allocate_credit(store, "pbx", "-0.0001")
-    # Refused moves change nothing.
+    with pytest.raises(InsufficientFundsError, match=r"account 'acme' has a balance of 100"):
+        await profiles.allocate_credit(store, "pbx", "100.0001")
+    # Refused moves change nothing, not even the directory version (the
+    # running gateways have nothing to reload).
     assert (await balance_of(store), await credit_of(store, "pbx")) == (Decimal(100), Decimal(0))
+    assert await store.version() == version
 
 
 @pytest.mark.parametrize(
