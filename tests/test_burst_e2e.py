@@ -48,6 +48,9 @@ REFUSED = OFFERED - LIMIT
 #: An admitted call's length: every INVITE of the burst (retransmissions
 #: of lost ones included, 500 ms apart) is decided well within it.
 CALL_MS = 8_000
+#: Seconds before the first admitted call may end from which the channel
+#: count no longer says how many calls the burst admitted.
+CALL_END_MARGIN = 1.0
 #: SIPp's own deadline, and the most the burst may take.
 TIMEOUT = 40.0
 POLL_INTERVAL = 0.05
@@ -163,15 +166,22 @@ def test_a_burst_of_1000_invites_admits_exactly_the_limit(
     )
 
     # During the burst: never above the limit, and at the limit when the
-    # last INVITE is decided (the burst was over before any call ended).
+    # last INVITE is decided, if that was before any call could end (it
+    # takes under a second; a machine stalled for longer than a call lasts
+    # leaves the exact counts below as the proof).
     peak = 0
     in_use_when_all_decided: int | None = None
-    deadline = time.monotonic() + TIMEOUT
+    started = time.monotonic()
+    deadline = started + TIMEOUT
     while burst.running() and time.monotonic() < deadline:
         in_use = int(gateway.healthz()["channels"][ACCOUNT][PROFILE])
         assert in_use <= LIMIT, f"{in_use} channels in use, above the limit"
         peak = max(peak, in_use)
-        if in_use_when_all_decided is None and decided(gateway) == OFFERED:
+        if (
+            in_use_when_all_decided is None
+            and time.monotonic() - started < CALL_MS / 1000 - CALL_END_MARGIN
+            and decided(gateway) == OFFERED
+        ):
             in_use_when_all_decided = in_use
         time.sleep(POLL_INTERVAL)
     offered = burst.wait()
@@ -182,7 +192,7 @@ def test_a_burst_of_1000_invites_admits_exactly_the_limit(
         offered.explain()
     )
     assert peak == LIMIT
-    assert in_use_when_all_decided == LIMIT
+    assert in_use_when_all_decided in (None, LIMIT), in_use_when_all_decided
     # Every refused call was told why: the Warning names the gateway.
     host, port = gateway.sip
     warning = f'399 {host}:{port} "{CHANNEL_LIMIT_TEXT}"'
