@@ -548,8 +548,10 @@ class GatewayHome:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``sipgw ARGS --database URL`` (the entry point, in-process: see
         :func:`run_in_process`), run in the home directory (where no config
-        file is found).  With ``check``, a
-        non-zero exit fails with the command's one-line message."""
+        file is found).  With ``check``, a non-zero exit fails with the
+        command's one-line message.  After a command that succeeded, waits
+        until every running gateway started here has applied the change
+        (:meth:`wait_applied`)."""
         result = run_in_process(
             [*args, "--database", self.database_url], cwd=self.directory, env=self.env()
         )
