@@ -191,6 +191,25 @@ class _Burn:
         seconds = self.price * (Decimal(now) + 2) - self.price_answered
         return seconds / 60 + self.calls * MONEY_STEP
 
+    def plus(self, other: _Burn | None) -> _Burn:
+        """Both sets of calls, summed (``other`` None: these alone).  The
+        bounds are linear in time, so the bound of a sum is the sum's."""
+        if other is None:
+            return self
+        return _Burn(
+            self.calls + other.calls,
+            self.price + other.price,
+            self.price_answered + other.price_answered,
+        )
+
+    def no_overdraw_before(self, unspent: Decimal) -> float:
+        """The time at which :meth:`spent_at_most` reaches ``unspent``, less
+        one second for the float rounding of clock values: before it the
+        calls cannot cost more than ``unspent`` (derivation in
+        _no_overdraw_before).  Needs calls that cost something."""
+        budget = 60 * (unspent - self.calls * MONEY_STEP)
+        return float((budget + self.price_answered - 2 * self.price) / self.price) - 1.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CreditShare:
@@ -495,17 +514,8 @@ class CreditMeter:
             return None
         if profile_id not in self._snapshots:
             return now
-        calls, price, answered = burn.calls, burn.price, burn.price_answered
-        remote = self._remote_burn(profile_id)
-        if remote is not None:  # both bounds are linear in time: one sum
-            calls, price, answered = (
-                calls + remote.calls,
-                price + remote.price,
-                answered + remote.price_answered,
-            )
-        budget = 60 * (self._unspent(profile_id) - calls * MONEY_STEP)
-        bound = float((budget + answered - 2 * price) / price) - 1.0
-        return max(now, bound)
+        everyone = burn.plus(self._remote_burn(profile_id))
+        return max(now, everyone.no_overdraw_before(self._unspent(profile_id)))
 
     def exhausted_at(self, profile_id: int, now: float) -> float | None:
         """The moment the profile's live calls would cost more than its
@@ -537,11 +547,12 @@ class CreditMeter:
             return None
         unspent = self._unspent(profile_id)
         remote = self._remote_burn(profile_id)
-
-        def remote_spent(t: float) -> Decimal:
-            return Decimal(0) if remote is None else remote.spent_at_most(t)
-
-        if unspent - sum((c.cost(now) for c in burning), Decimal(0)) - remote_spent(now) < 0:
+        if (
+            unspent
+            - sum((c.cost(now) for c in burning), Decimal(0))
+            - self._remote_spent(profile_id, now)
+            < 0
+        ):
             return now
         start = max(now, _no_overdraw_before(burning, remote, unspent, now))
         # Each call's billed seconds at ``start`` and its next step.
@@ -551,7 +562,7 @@ class CreditMeter:
             seconds = billed_seconds(elapsed_ms(call.answered, start))
             charged += _cost_of_seconds(call.price_per_minute, seconds)
             steps.append((call.answered + seconds + _ROUNDING_OFFSET, index, seconds + 1))
-        if unspent - charged - remote_spent(start) < 0:  # only when start == now
+        if unspent - charged - self._remote_spent(profile_id, start) < 0:  # only if start == now
             return start
         heapq.heapify(steps)
         while True:
@@ -566,7 +577,7 @@ class CreditMeter:
                     return max(crossing, now)
             price = burning[index].price_per_minute
             charged += _cost_of_seconds(price, seconds) - _cost_of_seconds(price, seconds - 1)
-            if unspent - charged - remote_spent(moment) < 0:
+            if unspent - charged - self._remote_spent(profile_id, moment) < 0:
                 return max(moment, now)
             next_step = burning[index].answered + seconds + _ROUNDING_OFFSET
             heapq.heappush(steps, (next_step, index, seconds + 1))
@@ -590,14 +601,9 @@ def _no_overdraw_before(
     linear expression of t, so it joins the sums.  One more second is taken
     off for the float rounding of clock values.
     """
-    rate = sum((c.price_per_minute for c in calls), Decimal(0))
-    count = len(calls)
-    offset = sum(
-        (c.price_per_minute * (Decimal(min(c.answered, now)) - 2) for c in calls), Decimal(0)
+    local = _Burn(
+        len(calls),
+        sum((c.price_per_minute for c in calls), Decimal(0)),
+        sum((c.price_per_minute * Decimal(min(c.answered, now)) for c in calls), Decimal(0)),
     )
-    if remote is not None:
-        rate += remote.price
-        count += remote.calls
-        offset += remote.price_answered - 2 * remote.price
-    budget = 60 * (unspent - count * MONEY_STEP)
-    return float((budget + offset) / rate) - 1.0
+    return local.plus(remote).no_overdraw_before(unspent)
