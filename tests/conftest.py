@@ -476,6 +476,22 @@ def toml_string(text: str) -> str:
     return json.dumps(text)
 
 
+def _in_event_loop() -> bool:
+    """Whether a coroutine is calling (asyncio.run would refuse)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _in_a_thread(work: Callable[[], T]) -> T:
+    """``work()`` in a thread of its own, the caller blocked until it
+    returns, as a subprocess would block it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(work).result()
+
+
 def run_in_process(
     args: list[str], *, cwd: Path, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
@@ -488,13 +504,8 @@ def run_in_process(
     command runs in a thread of its own, as its own process would: it starts
     an event loop of its own, and blocks the caller as ``subprocess.run``
     does."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        with concurrent.futures.ThreadPoolExecutor(1) as thread:
-            return thread.submit(run_in_process, args, cwd=cwd, env=env).result()
+    if _in_event_loop():
+        return _in_a_thread(lambda: run_in_process(args, cwd=cwd, env=env))
     from gateway.cli import main as cli_main
 
     out, err = io.StringIO(), io.StringIO()
@@ -606,13 +617,9 @@ class GatewayHome:
             async with store:
                 return await work(store)
 
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(run())
-        # Called from a coroutine: its own loop, in a thread of its own.
-        with concurrent.futures.ThreadPoolExecutor(1) as thread:
-            return thread.submit(asyncio.run, run()).result()
+        if _in_event_loop():  # called from a coroutine: a loop of its own
+            return _in_a_thread(lambda: asyncio.run(run()))
+        return asyncio.run(run())
 
     def open_for_calls(
         self, account: str, profiles: Sequence[str], *, credit: str = "1000", price: str = "0"
