@@ -509,10 +509,16 @@ class SippProcess:
         return result
 
 
-def _lost_its_port(running: SippProcess) -> bool:
+def _start_again(running: SippProcess, attempt: int) -> bool:
     """Whether SIPp exited because a port it was given was taken after it
-    was found free."""
-    return not running.running() and "Unable to bind" in running.result().errors()
+    was found free, and may be started again on others: fewer than
+    :data:`BIND_ATTEMPTS` tries so far, and no port fixed by its spec."""
+    return (
+        attempt < BIND_ATTEMPTS
+        and not running.spec.local_port
+        and not running.running()
+        and "Unable to bind" in running.result().errors()
+    )
 
 
 class SippLauncher:
@@ -540,7 +546,7 @@ class SippLauncher:
             try:
                 self._wait_bound(running)
             except AssertionError:
-                if attempt == BIND_ATTEMPTS or spec.local_port or not _lost_its_port(running):
+                if not _start_again(running, attempt):
                     raise
                 continue
             return running
@@ -571,9 +577,9 @@ class SippLauncher:
         """Run SIPp to completion (bounded by its deadline), again on other
         ports if the ones it was given were taken before it bound them."""
         for attempt in range(1, BIND_ATTEMPTS + 1):
-            running = self.start(spec, wait_bound=False)
+            running = self._launch(spec)
             result = running.wait()
-            if attempt == BIND_ATTEMPTS or spec.local_port or not _lost_its_port(running):
+            if not _start_again(running, attempt):
                 return result
         raise AssertionError("unreachable")
 
