@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-listen",
         type=_address("--http-listen"),
         metavar="HOST:PORT",
-        help="HTTP address for /healthz (replaces http.listen)",
+        help="HTTP address of the REST API (/api/v1), /metrics and /healthz (replaces http.listen)",
     )
     serve.add_argument(
         "--log-level",
@@ -943,6 +943,32 @@ async def _manage(
         return await run(store, args, settings)
 
 
+#: The options of this CLI that give a service field, where the command's
+#: own spelling is not the field's name (the service's messages name
+#: fields; the REST API's fields have those names).
+_OPTION_OF_FIELD = {
+    "ip": "--ip",
+    "port": "--port",
+    "account": "--account",
+    "email": "--email",
+    "balance": "--balance",
+    "end_calls": "--end-calls",
+    "move": "--move",
+    "channel_limit": "--channels",
+}
+
+
+def _hint(exc: ProfileError, args: argparse.Namespace) -> str:
+    """The CLI's words for what to do about a refused input: its option."""
+    command = (args.command, getattr(args, "action", None))
+    if exc.field == "number" and isinstance(exc, profiles.NotFoundError):
+        return " (an operator adds it with 'sipgw number add')"
+    if exc.field == "channel_limit" and command == ("profile", "set-limit"):
+        return " (LIMIT)"
+    option = _OPTION_OF_FIELD.get(exc.field or "")
+    return "" if option is None else f" ({option})"
+
+
 def _first_line(exc: BaseException) -> str:
     origin = getattr(exc, "orig", None) or exc
     lines = str(origin).strip().splitlines()
@@ -958,7 +984,7 @@ def _management(args: argparse.Namespace) -> int:
         sys.stderr.write(f"sipgw: {exc}\n")
         return exc.status
     except ProfileError as exc:
-        sys.stderr.write(f"sipgw: {exc}\n")
+        sys.stderr.write(f"sipgw: {exc}{_hint(exc, args)}\n")
         return exc.exit_status
     except StoreError as exc:
         sys.stderr.write(f"sipgw: {exc}\n")

@@ -35,6 +35,14 @@ class ProfileError(Exception):
     exit_status: ClassVar[int] = 1
     http_status: ClassVar[int] = 400
 
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        #: The input at fault, by the service's (and the API's) name for it
+        #: (``"ip"``, ``"channel_limit"``, ``"number"``...), or None.  The
+        #: message names fields, never a front end's spelling of them; a
+        #: front end adds its own hint from this (the CLI: which flag).
+        self.field = field
+
 
 class ValidationError(ProfileError):
     """Bad input: a malformed value, a missing or contradictory option."""

@@ -73,7 +73,7 @@ __all__ = [
 #: The product's promise: a profile holds at most 300 concurrent calls.  An
 #: operator may set a lower limit, never a higher one.
 MAX_CHANNELS = 300
-#: Account and profile names: long enough for "Accounts Payable, Leeds
+#: Account and profile names: long enough for "Accounts Payable Leeds
 #: office", short enough for a table column and a metrics label.
 NAME_MAX_LENGTH = 64
 #: RFC 5321 §4.5.3.1.3: a path is at most 256 octets including the angle

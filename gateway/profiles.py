@@ -27,6 +27,7 @@ import ipaddress
 import re
 import secrets
 import string
+import unicodedata
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -134,8 +135,11 @@ MAX_NUMBERS_PER_REQUEST = 1000
 REGISTERED_PBX = "registered PBX"
 _MONEY_QUANTUM = Decimal(1).scaleb(-BALANCE_SCALE)
 
-# Names: printable, no control characters, no surrounding whitespace.
-_NAME = re.compile(rf"[^\x00-\x1f\x7f]{{1,{NAME_MAX_LENGTH}}}\Z")
+#: Besides letters (of any alphabet: "Łódź", "Zażółć") and digits, the
+#: characters a name may hold.  No "/" (a name is a segment of API paths and
+#: part of the history report's file name), no control characters (they
+#: reach logs, CSV and metrics labels), no other punctuation.
+NAME_PUNCTUATION = frozenset(" -_.'")
 # A deliberately loose e-mail check (RFC 5322 is looser still): one "@",
 # something on each side, a dot in the domain, no spaces.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
@@ -224,18 +228,36 @@ ActiveCalls = Callable[[ProfileView], Awaitable[int]]
 # Validation
 
 
-def _name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value != value.strip():
+def _looked_up(name: str) -> str:
+    """A name as given to find an account or profile: in NFC (one spelling
+    of "ł" whatever the keyboard sent) and trimmed, as names are stored."""
+    return unicodedata.normalize("NFC", name).strip() if isinstance(name, str) else name
+
+
+def _name(value: str, what: str, field: str) -> str:
+    """A new account or profile name: trimmed, in NFC, 1 to
+    :data:`~gateway.models.NAME_MAX_LENGTH` letters, digits, inner spaces
+    and ``-_.'``."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be text, got {value!r}", field=field)
+    name = _looked_up(value)
+    if not 1 <= len(name) <= NAME_MAX_LENGTH:
         raise ValidationError(
-            f"{what} must be 1-{NAME_MAX_LENGTH} characters without control characters"
-            f" or surrounding spaces, got {value!r}"
+            f"{what} must be 1 to {NAME_MAX_LENGTH} characters, got {value!r}", field=field
         )
-    return value
+    for char in name:
+        if not (char.isalpha() or char in string.digits or char in NAME_PUNCTUATION):
+            raise ValidationError(
+                f"{what} may hold letters, digits, spaces and - _ . ' only,"
+                f" not {char!r}: {value!r}",
+                field=field,
+            )
+    return name
 
 
 def _email(value: str) -> str:
     if not isinstance(value, str) or len(value) > EMAIL_MAX_LENGTH or not _EMAIL.match(value):
-        raise ValidationError(f"not an e-mail address: {value!r}")
+        raise ValidationError(f"not an e-mail address: {value!r}", field="email")
     return value
 
 
@@ -277,7 +299,9 @@ def parse_amount(value: Decimal | int | str, what: str) -> Decimal:
 
 def _channels(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHANNELS:
-        raise ValidationError(f"channels must be 1 to {MAX_CHANNELS}, got {value!r}")
+        raise ValidationError(
+            f"channel_limit must be 1 to {MAX_CHANNELS}, got {value!r}", field="channel_limit"
+        )
     return value
 
 
@@ -288,7 +312,7 @@ def normalise_ip(text: str) -> str:
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
-        raise ValidationError(f"not an IP address: {text!r}") from None
+        raise ValidationError(f"not an IP address: {text!r}", field="ip") from None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if (
@@ -296,13 +320,13 @@ def normalise_ip(text: str) -> str:
         or address.is_multicast
         or address == ipaddress.IPv4Address("255.255.255.255")
     ):
-        raise ValidationError(f"{address} cannot be the source address of a PBX")
+        raise ValidationError(f"{address} cannot be the source address of a PBX", field="ip")
     return str(address)
 
 
 def _port(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValidationError(f"port must be 1 to 65535, got {value!r}")
+        raise ValidationError(f"port must be 1 to 65535, got {value!r}", field="port")
     return value
 
 
@@ -348,6 +372,7 @@ def _ha1s(username: str, realm: str, password: str) -> dict[str, str]:
 
 
 async def _account(session: AsyncSession, name: str) -> Account:
+    name = _looked_up(name)
     account = await session.scalar(select(Account).where(Account.name == name))
     if account is None:
         raise NotFoundError(f"no account named {name!r}")
@@ -357,17 +382,19 @@ async def _account(session: AsyncSession, name: str) -> Account:
 async def _find_profile(
     session: AsyncSession, name: str, account: str | None
 ) -> tuple[Profile, Account]:
+    name = _looked_up(name)
     query = select(Profile, Account).join(Account, Profile.account_id == Account.id)
     query = query.where(Profile.name == name)
     if account is not None:
-        query = query.where(Account.name == account)
+        query = query.where(Account.name == _looked_up(account))
     rows = [(p, a) for p, a in await session.execute(query.order_by(Account.name))]
     if not rows:
         raise NotFoundError(f"no profile named {name!r}{_in_account(account)}")
     if len(rows) > 1:
         accounts = ", ".join(repr(a.name) for _, a in rows)
         raise ValidationError(
-            f"profile {name!r} exists in several accounts ({accounts}): name one with --account"
+            f"profile {name!r} exists in several accounts ({accounts}): name its account",
+            field="account",
         )
     return rows[0]
 
@@ -471,9 +498,8 @@ async def create_account(
     store: Store, *, name: str, email: str, balance: Decimal | int | str = 0
 ) -> AccountView:
     """A new account with an opening balance (default nothing)."""
-    account = Account(
-        name=_name(name, "account name"), email=_email(email), balance=_balance(balance)
-    )
+    name = _name(name, "account name", "name")
+    account = Account(name=name, email=_email(email), balance=_balance(balance))
     try:
         async with store.write() as session:
             if await session.scalar(select(Account.id).where(Account.name == name)) is not None:
@@ -552,20 +578,30 @@ async def create_profile(
     the PBX administrator.  ``ip``: ``ip`` and ``port`` identify the PBX; no
     other profile may use the same pair.
     """
-    _name(name, "profile name")
+    name = _name(name, "profile name", "name")
     try:
         mode = AuthMode(auth)
     except ValueError:
-        raise ValidationError(f"auth must be 'registration' or 'ip', got {auth!r}") from None
+        raise ValidationError(
+            f"auth must be 'registration' or 'ip', got {auth!r}", field="auth"
+        ) from None
     limit = _channels(channels)
     password: str | None = None
     if mode is AuthMode.IP:
         if ip is None or port is None:
-            raise ValidationError("an ip profile needs --ip and --port")
+            missing = "ip" if ip is None else "port"
+            raise ValidationError(
+                "an ip profile needs the PBX's address: ip and port", field=missing
+            )
         address, udp_port = normalise_ip(ip), _port(port)
     else:
         if ip is not None or port is not None:
-            raise ValidationError("--ip and --port apply to ip profiles only")
+            given = "ip" if ip is not None else "port"
+            raise ValidationError(
+                "ip and port are for ip profiles only: a registration profile's PBX"
+                " is found by its registration",
+                field=given,
+            )
         address, udp_port = None, None
         password = _generate_password()
         if not store.has_secret_key:
@@ -579,14 +615,19 @@ async def create_profile(
             if taken is not None:
                 raise ConflictError(f"account {account!r} already has a profile named {name!r}")
             if address is not None:
-                holder = await session.scalar(
-                    select(Profile.name).where(
-                        Profile.ip_address == address, Profile.udp_port == udp_port
+                holder = (
+                    await session.execute(
+                        select(Profile.name, Profile.account_id).where(
+                            Profile.ip_address == address, Profile.udp_port == udp_port
+                        )
                     )
-                )
+                ).first()
                 if holder is not None:
                     shown = _host_port(address, udp_port)
-                    raise ConflictError(f"{shown} is already used by profile {holder!r}")
+                    # Another account's profile is not named: its names are
+                    # its own business (ConflictError says no more).
+                    whose = f" by profile {holder.name!r}" if holder.account_id == owner.id else ""
+                    raise ConflictError(f"{shown} is already used{whose}", field="ip")
             username = await _free_username(session)
             profile = Profile(
                 account_id=owner.id,
@@ -702,7 +743,7 @@ async def update_profile(
     if new_name is None and channel_limit is None:
         raise ValidationError("nothing to change: give a new name and/or a channel limit")
     if new_name is not None:
-        _name(new_name, "new profile name")
+        new_name = _name(new_name, "new profile name", "name")
     channels = None if channel_limit is None else _channels(channel_limit)
     try:
         async with store.write() as session:  # bumps directory_version with the change
@@ -880,7 +921,8 @@ async def delete_profile(
         them = "it" if calls == 1 else "them"
         raise CallsUpError(
             f"profile {view.name!r} has {calls} call{'' if calls == 1 else 's'} up:"
-            f" pass end_calls (--end-calls) to end {them} and delete the profile"
+            f" set end_calls to end {them} and delete the profile",
+            field="end_calls",
         )
     async with store.write() as session:
         # The account's row, then the profile's, locked in the order
@@ -974,7 +1016,7 @@ async def _find_number(
         query = query.where(Account.name == account)
     row = (await session.execute(query)).first()
     if row is None:
-        raise NotFoundError(f"no number {e164}{_in_account(account)} (add it with 'number add')")
+        raise NotFoundError(f"no number {e164}{_in_account(account)}", field="number")
     return row[0], row[1]
 
 
@@ -989,7 +1031,7 @@ async def assign_number(
     so that a typo cannot silently take a live number from a PBX.
     """
     e164 = normalise_e164(number)
-    _name(profile, "profile name")
+    profile = _looked_up(profile)
     try:
         async with store.write() as session:
             entry, owner = await _find_number(session, e164, account)
@@ -1005,7 +1047,8 @@ async def assign_number(
                     select(Profile.name).where(Profile.id == entry.profile_id)
                 )
                 raise ConflictError(
-                    f"{e164} is assigned to profile {current!r}; use --move to reassign it"
+                    f"{e164} is assigned to profile {current!r}; set move to reassign it",
+                    field="move",
                 )
             entry.profile_id = target.id
             await session.flush()
@@ -1043,6 +1086,7 @@ async def list_numbers(
         owner = await _account(session, account)
         condition = Number.account_id == owner.id
         if profile is not None:
+            profile = _looked_up(profile)
             profile_id = await session.scalar(
                 select(Profile.id).where(Profile.account_id == owner.id, Profile.name == profile)
             )

@@ -420,6 +420,103 @@ async def test_an_account_token_sees_its_own_account_only(api: Api) -> None:
     assert (await api.ok("GET", "/rates", token="manager"))["items"] == []
 
 
+async def test_refusals_name_fields_and_keep_other_accounts_to_themselves(api: Api) -> None:
+    """Issue 10 (3, 5): an account manager is not told another account's
+    profile names, and no answer of the API names a CLI option."""
+    await seed(api)
+    profiles_path = "/accounts/acme/profiles"
+    # other's "desk" has 198.51.100.7:5060: acme learns it is taken, not by whom.
+    taken = await api.refused(
+        "POST",
+        profiles_path,
+        409,
+        token="manager",
+        body={"name": "leeds", "auth": "ip", "ip": "198.51.100.7", "port": 5060},
+    )
+    assert taken == "198.51.100.7:5060 is already used"
+    # Its own profile it is told about (the operator, for other's).
+    own = await api.refused(
+        "POST",
+        "/accounts/other/profiles",
+        409,
+        body={"name": "desk2", "auth": "ip", "ip": "198.51.100.7", "port": 5060},
+    )
+    assert own == "198.51.100.7:5060 is already used by profile 'desk'"
+    messages = [
+        await api.refused("POST", profiles_path, 422, token="manager", body=body)
+        for body in (
+            {"name": "x", "auth": "ip", "ip": "198.51.100.8"},
+            {"name": "x", "auth": "registration", "port": 5060},
+            {"name": "x", "auth": "registration", "channel_limit": 0},
+        )
+    ]
+    assert messages == [
+        "an ip profile needs the PBX's address: ip and port",
+        "ip and port are for ip profiles only: a registration profile's PBX is found by"
+        " its registration",
+        "channel_limit must be 1 to 300, got 0",
+    ]
+    unknown = await api.refused(
+        "PUT",
+        "/accounts/acme/numbers/+441134960555/profile",
+        404,
+        token="manager",
+        body={"profile": "sales"},
+    )
+    assert unknown == "no number +441134960555 in account 'acme'"
+    await api.ok("POST", profiles_path, 201, body={"name": "support", "auth": "registration"})
+    moved = await api.refused(
+        "PUT",
+        "/accounts/acme/numbers/+441134960000/profile",
+        409,
+        token="manager",
+        body={"profile": "support"},
+    )
+    assert moved == "+441134960000 is assigned to profile 'sales'; set move to reassign it"
+    for message in (taken, own, *messages, unknown, moved):
+        assert "--" not in message and "sipgw" not in message
+
+
+async def test_names_are_trimmed_and_hold_letters_digits_spaces_and_few_marks(api: Api) -> None:
+    """Issue 10 (6): names are trimmed and put in NFC; letters of any
+    alphabet (Polish ones included), digits, inner spaces and -_.' pass;
+    "/", control characters and other punctuation are refused."""
+    decomposed = "Zak\u0142ad \u0141o\u0301dz\u0301"  # "Zakład Łódź" typed with combining accents
+    created = await api.ok(
+        "POST", "/accounts", 201, body={"name": f"  {decomposed} ", "email": "biuro@lodz.example"}
+    )
+    assert created["name"] == "Zakład Łódź"
+    assert (await api.ok("GET", "/accounts/Zakład Łódź"))["name"] == "Zakład Łódź"
+    for bad, problem in [
+        ("a/b", "not '/'"),
+        ("tab\there", "not '\\t'"),
+        ("bell\x07", "not '\\x07'"),
+        ("semi;colon", "not ';'"),
+        ("", "1 to 64 characters"),
+        ("   ", "1 to 64 characters"),
+        ("x" * 65, "1 to 64 characters"),
+    ]:
+        message = await api.refused(
+            "POST", "/accounts", 422, body={"name": bad, "email": "x@x.example"}
+        )
+        assert message.startswith("account name ") and problem in message, message
+    path = "/accounts/Zakład Łódź/profiles"
+    profile = await api.ok(
+        "POST", path, 201, body={"name": " Dział sprzedaży O'Neil_2.0-b ", "auth": "registration"}
+    )
+    assert profile["name"] == "Dział sprzedaży O'Neil_2.0-b"
+    for bad in ("sales/leeds", "bad\nname", "50%"):
+        assert "profile name may hold letters, digits, spaces and - _ . ' only" in (
+            await api.refused("POST", path, 422, body={"name": bad, "auth": "registration"})
+        )
+    renamed = await api.ok("PATCH", f"{path}/Dział sprzedaży O'Neil_2.0-b", body={"name": " Łódź "})
+    assert renamed["name"] == "Łódź"
+    assert "new profile name may hold" in await api.refused(
+        "PATCH", f"{path}/Łódź", 422, body={"name": "a/b"}
+    )
+    assert (await api.ok("GET", f"{path}/Łódź"))["name"] == "Łódź"
+
+
 # ---------------------------------------------------------------------------
 # Accounts
 
@@ -581,7 +678,7 @@ async def test_create_view_rename_and_limit_a_profile(api: Api) -> None:
         (
             {"name": "x", "auth": "registration", "channel_limit": 301},
             422,
-            "channels must be 1 to 300",
+            "channel_limit must be 1 to 300",
         ),
         ({"name": "", "auth": "registration"}, 422, "profile name must be"),
     ]:
@@ -605,11 +702,11 @@ async def test_create_view_rename_and_limit_a_profile(api: Api) -> None:
     api.refresh.clear()
     for body, status, problem in [
         ({}, 422, "nothing to change"),
-        ({"channel_limit": 0}, 422, "channels must be 1 to 300"),
+        ({"channel_limit": 0}, 422, "channel_limit must be 1 to 300"),
         ({"channel_limit": "5"}, 422, "field 'channel_limit' must be a whole number"),
         ({"name": "desk"}, 409, "already has a profile named 'desk'"),
         ({"name": "desk", "channel_limit": 3}, 409, "already has a profile named 'desk'"),
-        ({"name": "desk2", "channel_limit": 301}, 422, "channels must be 1 to 300"),
+        ({"name": "desk2", "channel_limit": 301}, 422, "channel_limit must be 1 to 300"),
         ({"limit": 5}, 422, "unknown field 'limit'"),
     ]:
         assert problem in await api.refused(
@@ -728,7 +825,7 @@ async def test_delete_gives_everything_back(api: Api) -> None:
     )
     # A call up (a channel held in this gateway's admission controller).
     await api.admission.acquire(sales["id"], "call-up@pbx", 300)
-    assert "has 1 call up: pass end_calls" in await api.refused(
+    assert "has 1 call up: set end_calls" in await api.refused(
         "DELETE", path, 409, params={"confirm": "sales"}
     )
     assert (await api.ok("GET", path))["credit"] == "25.0000"  # nothing happened

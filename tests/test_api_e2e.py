@@ -287,7 +287,7 @@ def test_delete_through_the_api_gives_everything_back(home: GatewayHome) -> None
             "DELETE", f"/accounts/{ACCOUNT}/profiles/pbx", params={"confirm": "pbx"}
         )
         assert status == 409, error
-        assert "has 1 call up: pass end_calls" in error["error"]["message"]
+        assert "has 1 call up: set end_calls" in error["error"]["message"]
         assert setup.channels() == 1
         report = api.ok(
             "DELETE",

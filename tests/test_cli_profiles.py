@@ -261,13 +261,14 @@ def test_usage_and_validation_errors_exit_2(sipgw: Run) -> None:
     create = "profile create --account acme --name x"
     cases: list[tuple[str, tuple[str, ...]]] = [
         (f"{create} --auth magic", ("--auth", "invalid choice")),
-        (f"{create} --auth registration --channels 301", ("channels must be 1 to 300",)),
-        (f"{create} --auth registration --channels 0", ("channels must be 1 to 300",)),
+        (f"{create} --auth registration --channels 301", ("channel_limit must be 1 to 300",)),
+        (f"{create} --auth registration --channels 0", ("channel_limit must be 1 to 300",)),
         (f"{create} --auth registration --channels many", ("--channels", "whole number")),
-        (f"{create} --auth ip --ip 192.0.2.1", ("needs --ip and --port",)),
+        (f"{create} --auth ip --ip 192.0.2.1", ("needs the PBX's address: ip and port (--port)",)),
         (f"{create} --auth ip --ip 192.0.2.1 --port 70000", ("--port", "1 to 65535")),
         (f"{create} --auth ip --ip pbx.example --port 5060", ("not an IP address",)),
-        (f"{create} --auth registration --ip 192.0.2.1", ("ip profiles only",)),
+        (f"{create} --auth registration --ip 192.0.2.1", ("ip profiles only", "(--ip)")),
+        ("profile create --account acme --name 'a/b' --auth registration", ("not '/'",)),
         ("profile create --account acme --auth ip", ("--name", "required")),
         ("account create --name b --email nobody", ("not an e-mail address",)),
         ("account create --name b --email b@b.example --balance=-5", ("zero or more",)),
@@ -310,7 +311,10 @@ def test_not_found_and_conflicts_exit_1(sipgw: Run) -> None:
         ("profile list --account nope", ("no account named 'nope'",)),
         ("number add --account acme +441134960000", ("+441134960000 already exists",)),
         ("number add --account nope +441134960001", ("no account named 'nope'",)),
-        ("number assign +441134960009 --profile pbx", ("no number +441134960009",)),
+        (
+            "number assign +441134960009 --profile pbx",
+            ("no number +441134960009", "(an operator adds it with 'sipgw number add')"),
+        ),
         (
             "number assign +441134960000 --profile nope",
             ("no profile named 'nope' in account 'acme'",),
@@ -543,9 +547,9 @@ def test_set_limit_errors(sipgw: Run, any_database: str) -> None:
     version = directory_version(any_database)
     # Bad values: exit 2, one line, nothing written.
     bad: list[tuple[str, tuple[str, ...]]] = [
-        ("pbx 0", ("channels must be 1 to 300, got 0",)),
-        ("pbx 301", ("channels must be 1 to 300, got 301",)),
-        ("pbx -5", ("channels must be 1 to 300, got -5",)),
+        ("pbx 0", ("channel_limit must be 1 to 300, got 0",)),
+        ("pbx 301", ("channel_limit must be 1 to 300, got 301",)),
+        ("pbx -5", ("channel_limit must be 1 to 300, got -5",)),
         ("pbx many", ("LIMIT", "whole number", "'many'")),
         ("pbx 4.5", ("LIMIT", "whole number", "'4.5'")),
         ("pbx", ("LIMIT", "required")),

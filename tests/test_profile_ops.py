@@ -162,8 +162,8 @@ async def test_rename(store: Store) -> None:
     await profiles.create_profile(store, account="acme", name="hr", auth="registration")
     await profiles.create_profile(store, account="other", name="support", auth="registration")
     version = await store.version()
-    renamed = await profiles.rename_profile(store, "sales", "Sales, Leeds")
-    assert (renamed.id, renamed.name) == (sales.id, "Sales, Leeds")
+    renamed = await profiles.rename_profile(store, "sales", "Sales Leeds")
+    assert (renamed.id, renamed.name) == (sales.id, "Sales Leeds")
     assert renamed.password == sales.password  # nothing else changes
     assert renamed.sip_username == sales.sip_username
     assert await store.version() > version, "running gateways must see it at once"
@@ -171,22 +171,26 @@ async def test_rename(store: Store) -> None:
         await profiles.get_profile(store, "sales")
     # Unique per account only: another account may have the name.
     with pytest.raises(ConflictError, match="already has a profile named 'hr'"):
-        await profiles.rename_profile(store, "Sales, Leeds", "hr")
+        await profiles.rename_profile(store, "Sales Leeds", "hr")
     moved = await profiles.rename_profile(store, "support", "hr", account="other")
     assert (moved.account, moved.name) == ("other", "hr")
     with pytest.raises(ValidationError, match="several accounts"):
         await profiles.rename_profile(store, "hr", "x")
     # Scoped: acme's profile is not found through another account.
-    with pytest.raises(NotFoundError, match="no profile named 'Sales, Leeds' in account 'other'"):
-        await profiles.rename_profile(store, "Sales, Leeds", "x", account="other")
+    with pytest.raises(NotFoundError, match="no profile named 'Sales Leeds' in account 'other'"):
+        await profiles.rename_profile(store, "Sales Leeds", "x", account="other")
     same = await profiles.rename_profile(store, "hr", "hr", account="acme")
     assert same.name == "hr"
-    for bad in ("", " padded", "x" * 65, "tab\there"):
+    for bad in ("", "  ", "x" * 65, "tab\there", "Sales, Leeds", "a/b"):
         with pytest.raises(ValidationError, match="new profile name"):
             await profiles.rename_profile(store, "hr", bad, account="acme")
+    # Surrounding spaces are trimmed, in the new name and in the one looked up.
+    padded = await profiles.rename_profile(store, " hr ", " HR desk ", account="acme")
+    assert padded.name == "HR desk"
+    assert (await profiles.rename_profile(store, "HR desk", "hr", account="acme")).name == "hr"
     listed = await profiles.list_profiles(store)
     assert [(p.account, p.name) for p in listed.items] == [
-        ("acme", "Sales, Leeds"),
+        ("acme", "Sales Leeds"),
         ("acme", "hr"),
         ("other", "hr"),
     ]
@@ -460,7 +464,7 @@ async def test_delete_needs_confirmation_and_refuses_with_calls_up(store: Store)
             store, "sales", account="nobody", confirm="sales", active_calls=no_calls
         )
     _, two_up = calls(2)
-    with pytest.raises(CallsUpError, match="has 2 calls up: pass end_calls") as info:
+    with pytest.raises(CallsUpError, match="has 2 calls up: set end_calls") as info:
         await profiles.delete_profile(
             store, "sales", account="acme", confirm="sales", active_calls=two_up
         )

@@ -275,7 +275,7 @@ async def test_account_balance_is_exact(store: Store) -> None:
     ("fields", "problem"),
     [
         ({"name": "", "email": "a@b.example"}, "account name"),
-        ({"name": " padded", "email": "a@b.example"}, "account name"),
+        ({"name": "a/b", "email": "a@b.example"}, "account name"),
         ({"name": "x" * 65, "email": "a@b.example"}, "account name"),
         ({"name": "tab\there", "email": "a@b.example"}, "account name"),
         ({"name": "ok", "email": "nobody"}, "e-mail"),
@@ -402,10 +402,17 @@ async def test_ip_profile(store: Store) -> None:
         store, account="acme", name="pbx-b", auth="ip", ip="192.0.2.10", port=5064
     )
     await profiles.create_account(store, name="other", email="ops@other.example")
+    # Its own account is told which profile has the address; another
+    # account only that it is taken (profile names are their account's).
     with pytest.raises(ConflictError, match=r"192\.0\.2\.10:5062 is already used by profile 'pbx'"):
+        await profiles.create_profile(
+            store, account="acme", name="twin", auth="ip", ip="192.0.2.10", port=5062
+        )
+    with pytest.raises(ConflictError) as taken:
         await profiles.create_profile(
             store, account="other", name="thief", auth="ip", ip="192.0.2.10", port=5062
         )
+    assert str(taken.value) == "192.0.2.10:5062 is already used"
     with pytest.raises(ConflictError, match=r"\[2001:db8::1\]:5060"):
         await profiles.create_profile(
             store, account="other", name="thief", auth="ip", ip="2001:db8::0:1", port=5060
@@ -415,8 +422,8 @@ async def test_ip_profile(store: Store) -> None:
 @pytest.mark.parametrize(
     ("fields", "problem"),
     [
-        ({"auth": "ip", "ip": "192.0.2.1"}, "needs --ip and --port"),
-        ({"auth": "ip", "port": 5060}, "needs --ip and --port"),
+        ({"auth": "ip", "ip": "192.0.2.1"}, "needs the PBX's address: ip and port"),
+        ({"auth": "ip", "port": 5060}, "needs the PBX's address: ip and port"),
         ({"auth": "ip", "ip": "pbx.example", "port": 5060}, "not an IP address"),
         ({"auth": "ip", "ip": "0.0.0.0", "port": 5060}, "cannot be the source"),
         ({"auth": "ip", "ip": "224.0.0.1", "port": 5060}, "cannot be the source"),
@@ -424,9 +431,9 @@ async def test_ip_profile(store: Store) -> None:
         ({"auth": "ip", "ip": "192.0.2.1", "port": 65536}, "port must be 1 to 65535"),
         ({"auth": "registration", "ip": "192.0.2.1"}, "ip profiles only"),
         ({"auth": "digest"}, "auth must be"),
-        ({"auth": "registration", "channels": 0}, "channels must be 1 to 300"),
-        ({"auth": "registration", "channels": MAX_CHANNELS + 1}, "channels must be 1 to 300"),
-        ({"auth": "registration", "channels": True}, "channels must be 1 to 300"),
+        ({"auth": "registration", "channels": 0}, "channel_limit must be 1 to 300"),
+        ({"auth": "registration", "channels": MAX_CHANNELS + 1}, "channel_limit must be 1 to 300"),
+        ({"auth": "registration", "channels": True}, "channel_limit must be 1 to 300"),
         ({"auth": "registration", "name": ""}, "profile name"),
     ],
 )
@@ -540,7 +547,7 @@ async def test_number_assignment_rules(store: Store) -> None:
     # A profile of another account is never found for this number.
     with pytest.raises(NotFoundError, match="no profile named 'hr' in account 'acme'"):
         await profiles.assign_number(store, "+441134960000", profile="hr")
-    with pytest.raises(ConflictError, match="assigned to profile 'sales'; use --move"):
+    with pytest.raises(ConflictError, match="assigned to profile 'sales'; set move"):
         await profiles.assign_number(store, "+441134960000", profile="pbx")
     moved = await profiles.assign_number(store, "+441134960000", profile="pbx", move=True)
     assert moved.profile == "pbx"
