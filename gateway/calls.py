@@ -3,7 +3,9 @@
 Every request is tied to a profile, to the carrier, or refused (identify),
 an initial INVITE takes a channel of its profile (admit), goes to the
 carrier or to the profile's PBX (route), and its channel is freed however
-the call ends.  Registrations go to the registrar.  The SIP mechanics are
+the call ends.  Every call ends in one place (``_record``), which logs its one
+``call ended`` line at info and hands its record to the writer
+(docs/logging.md).  Registrations go to the registrar.  The SIP mechanics are
 in :mod:`sip.proxy` and :mod:`sip.transaction`; the I/O (sockets, timers,
 tasks) comes through the :class:`CallIO` port that ``gateway.app`` provides,
 so the router never touches a socket itself.
@@ -426,6 +428,8 @@ class CallRouter:
                 response = self._reply(
                     action.request, 503, extra=[("Retry-After", str(action.retry_after))]
                 )
+                if logger.isEnabledFor(logging.DEBUG):
+                    _debug_response("out", response)
                 self.io.send_response(response, action.source)
             elif isinstance(action, StrayResponse):
                 # RFC 6026 §7.3 (RFC 3261 §16.7 as updated): drop it.
@@ -433,6 +437,8 @@ class CallRouter:
 
     # -- requests ------------------------------------------------------------
     def _on_request(self, tx: ServerTransaction, request: Request) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_request(request)
         try:
             self._dispatch(tx, request)
         except SIPError as error:
@@ -677,7 +683,7 @@ class CallRouter:
                 ("Reason", f'SIP;cause={status};text="{text}"'),
             ]
         self._respond(call.server_tx, request, status, reason, extra=extra)
-        self._finish(call)
+        self._finish(call, result)
 
     async def _admit(self, call: Call, request: Request, target: URI, hop: Hop) -> None:
         if call.direction == "outbound" and self.meter is not None:
@@ -784,6 +790,8 @@ class CallRouter:
 
     # -- responses -------------------------------------------------------------
     def _on_response(self, tx: ClientTransaction, response: Response) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_response("in", response)
         relay = self._relays.get(tx)
         if relay is None:
             return
@@ -874,7 +882,7 @@ class CallRouter:
         agents send it (§10), and any later request of the dialog gets 481."""
         if call.released:
             return
-        logger.info("call %s: session expired without a refresh, channel freed", call.call_id)
+        logger.debug("call %s: session expired without a refresh, channel freed", call.call_id)
         self._release(call, ReleaseReason.SESSION_EXPIRED)
 
     def _observe_setup(self, call: Call) -> None:
@@ -889,7 +897,7 @@ class CallRouter:
 
         def check() -> None:
             if not call.confirmed and not call.released:
-                logger.info("call %s: 2xx never acknowledged, channel freed", call.call_id)
+                logger.debug("call %s: 2xx never acknowledged, channel freed", call.call_id)
                 self._release(call, ReleaseReason.NO_ACK)
 
         call.timers.append(self.io.call_at(self.io.now() + self.layer.settings.timer_h, check))
@@ -941,7 +949,7 @@ class CallRouter:
         Reason, RFC 3326) and free the channel."""
         if call.released or not call.answered or call.invite_hop is None:
             return
-        logger.info("call %s: %s, sending BYE to both sides", call.call_id, why)
+        logger.debug("call %s: %s, sending BYE to both sides", call.call_id, why)
         caller_hop = call.pbx if call.direction == "outbound" else call.carrier_side
         legs = (
             (
@@ -1028,6 +1036,8 @@ class CallRouter:
     def _on_ack(self, ack: Request, source: Any) -> None:
         """The ACK of a 2xx: its own transaction-less request, forwarded
         statelessly along the route set (RFC 3261 §16.11, §13.2.2.4)."""
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_request(ack)
         call = self._dialog_call(ack)
         if call is None:
             return
@@ -1050,17 +1060,19 @@ class CallRouter:
             call.released = True
             self.observer.channel_released(call.profile.account, call.profile.name, reason)
             self.io.spawn(self._release_channel(call.call_id))
-        self._finish(call)
+        self._finish(call, reason)
 
     async def _release_channel(self, call_id: str) -> None:
         await self.admission.release(call_id)
 
-    def _finish(self, call: Call) -> None:
+    def _finish(self, call: Call, reason: str) -> None:
+        """The call is over (``reason``: a :class:`ReleaseReason`, or the
+        admission result of a call refused before it held a channel)."""
         cost = Decimal(0)
         if call.answered_mono is not None and self.meter is not None and call.price is not None:
             cost = self.meter.stop(call.record_key, self.io.now())
             self._schedule_credit_check(call.profile.id)
-        self._record(call, cost)
+        self._record(call, cost, reason)
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
@@ -1128,7 +1140,15 @@ class CallRouter:
         for call in charged:
             self._end_call(call, "Credit exhausted", ReleaseReason.CREDIT_EXHAUSTED)
         if charged:
-            logger.info("profile %d: credit exhausted, %d calls ended", profile_id, len(charged))
+            # One line for the profile (an operator tops it up), beside each
+            # call's own "call ended ... reason=credit_exhausted".
+            profile = charged[0].profile
+            logger.info(
+                "credit exhausted account=%s profile=%s calls_ended=%d",
+                _log_value(profile.account),
+                _log_value(profile.name),
+                len(charged),
+            )
 
     # -- credit across the nodes of a cluster (gateway.credit_share) -----------------
     def credit_shares(self, clock_offset: float) -> dict[int, CreditShare]:
@@ -1153,15 +1173,33 @@ class CallRouter:
             self.meter.set_remote(profile_id, share, clock_offset=clock_offset, now=self.io.now())
         self._schedule_credit_check(profile_id)
 
-    def _record(self, call: Call, cost: Decimal) -> None:
-        """Hand the call's record to the writer (once per call)."""
-        if call.recorded or self.records is None or call.started_at is None:
+    def _record(self, call: Call, cost: Decimal, reason: str) -> None:
+        """The call's end, once per call: its line in the log (the first
+        ending wins, as for the release metric) and its record to the
+        writer.  One line per record: what an operator greps for is what
+        the history downloads."""
+        if call.recorded:
             return
         call.recorded = True
         duration = 0
         if call.answered_mono is not None:
             duration = elapsed_ms(call.answered_mono, self.io.now())
         status = call.final_status or (200 if call.answered_mono is not None else 500)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "call ended call_id=%s account=%s profile=%s direction=%s status=%d"
+                " duration=%d.%03ds reason=%s",
+                _log_value(call.call_id),
+                _log_value(call.profile.account),
+                _log_value(call.profile.name),
+                call.direction,
+                status,
+                duration // 1000,
+                duration % 1000,
+                _log_value(reason),
+            )
+        if self.records is None or call.started_at is None:
+            return
         try:
             entry = CallRecordEntry(
                 record_key=call.record_key,
@@ -1225,6 +1263,8 @@ class CallRouter:
         self._send(tx, self._reply(request, status, reason, extra=extra))
 
     def _send(self, tx: ServerTransaction, response: Response) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_response("out", response)
         if response.status >= 200:
             call = self._by_server_tx.get(tx)
             if call is not None and call.server_tx is tx and not call.final_status:
@@ -1247,3 +1287,74 @@ def _contact_uri(message: Message) -> URI | None:
         return contacts[0].uri if contacts and not contacts[0].star else None
     except ParseError:
         return None
+
+
+# -- the log (docs/logging.md) ------------------------------------------------------
+def _log_value(text: str) -> str:
+    """A value of a ``key=value`` log line: as it is when it is a plain
+    word, else in double quotes with ``"`` and ``\\`` escaped and control
+    characters as ``\\uXXXX``, so that a line splits back into its fields
+    and no value (a Call-ID, a profile name) can forge a line."""
+    if text and all(c.isprintable() and c not in _NEEDS_QUOTES for c in text):
+        return text
+    escaped = "".join(_escaped(c) for c in text)
+    return f'"{escaped}"'
+
+
+#: Printable characters that still make a log value quoted.
+_NEEDS_QUOTES = frozenset(' "=\\')
+
+
+def _escaped(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    if c.isprintable():
+        return c
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
+def _source(message: Message) -> tuple[str, str]:
+    """The transport and ``host:port`` a message came from."""
+    if message.source is None:
+        return "-", "-"
+    transport, host, port = message.source[:3]
+    return transport, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _debug_request(request: Request) -> None:
+    """One line per request handed to the router (retransmissions are
+    absorbed by their transactions first)."""
+    transport, source = _source(request)
+    logger.debug(
+        "request in method=%s call_id=%s transport=%s source=%s",
+        _log_value(request.method),
+        _log_value(request.call_id),
+        transport,
+        source,
+    )
+
+
+def _debug_response(way: str, response: Response) -> None:
+    """One line per response: ``in`` from downstream, ``out`` towards the
+    request's sender (relayed or our own)."""
+    try:
+        method = response.cseq.method
+    except ParseError:
+        method = "-"
+    if way == "in":
+        transport, source = _source(response)
+        logger.debug(
+            "response in status=%d method=%s call_id=%s transport=%s source=%s",
+            response.status,
+            _log_value(method),
+            _log_value(response.call_id),
+            transport,
+            source,
+        )
+    else:
+        logger.debug(
+            "response out status=%d method=%s call_id=%s",
+            response.status,
+            _log_value(method),
+            _log_value(response.call_id),
+        )
