@@ -16,6 +16,8 @@ Trust (RFC 3261 §22, §26):
   and for in-dialog requests;
 * an IP-authenticated profile is recognised by the UDP source IP *and*
   port (over TCP by the IP alone: source ports are ephemeral);
+* when both could claim a request, the most specific address wins (see
+  :meth:`CallRouter._identify`): a PBX may share the carrier's host;
 * everyone else must answer a digest challenge: ``401`` for REGISTER,
   ``407`` for other requests.  An unknown username gets the same answer as
   a wrong password;
@@ -41,6 +43,7 @@ from gateway.cdr import CallRecordEntry, new_record_key
 from gateway.credit import CreditMeter, CreditShare, elapsed_ms, longest_prefix_rate
 from gateway.directory import Directory, ProfileEntry
 from gateway.registrar import LocationService, build_register_response
+from gateway.settings import canonical_ip
 from sip.digest import DigestRealm, Verified, ha1_algorithm
 from sip.errors import ParseError, SIPError
 from sip.headers import Address, Via
@@ -165,8 +168,26 @@ class CarrierSettings:
         return Hop(self.transport.upper(), self.uri.host.strip("[]"), port)
 
     def trusts(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is the carrier's: a source with that
+        port, or with that host and no port (any port of it)."""
         host = host.lower()
         return any(h == host and (p is None or p == port) for h, p in self.sources)
+
+    def trusts_exactly(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is one of the carrier's exact addresses:
+        a source configured with that port, or the carrier URI's own
+        address when its host is trusted (a carrier sends from the address
+        it is reached at, as most SBCs do: symmetric signalling, RFC 3581)."""
+        host = host.lower()
+        if any(h == host and p == port for h, p in self.sources):
+            return True
+        hop = self.hop()
+        return (
+            hop is not None
+            and hop.port == port
+            and (canonical_ip(hop.host) or hop.host.lower()) == host
+            and self.trusts(host, port)
+        )
 
 
 class RouterObserver(Protocol):
@@ -499,16 +520,39 @@ class CallRouter:
     # -- who is calling ------------------------------------------------------
     def _identify(self, request: Request) -> ProfileEntry | str | None:
         """The calling profile, ``"carrier"``, or None after sending nothing
-        (the caller then challenges)."""
+        (the caller then challenges).
+
+        Trust by network address is local policy (RFC 3261 §26.2: SIP's
+        own means are digest and TLS), so the policy is stated here: the
+        most specific address wins.
+
+        1. The carrier's exact addresses (:meth:`CarrierSettings.trusts_exactly`):
+           the operator's configuration outranks a profile given the same
+           address (by mistake, or to take the carrier's traffic: every
+           inbound call would become an outbound call billed to it).
+        2. An IP profile's UDP source IP *and* port: a PBX sends from the
+           port it is configured with (symmetric signalling, RFC 3581).  It
+           wins over a carrier trusted by its host alone, which only says
+           "any port of this host": a PBX may share the carrier's address
+           (one box, one NAT address) and its calls are then outbound ones,
+           not inbound calls to the number it dials (``404``).
+        3. The carrier's host, any port.
+        4. Over TCP, the IP alone of the one IP profile that has it (source
+           ports are ephemeral, RFC 3261 §18.1.1): the least specific.
+
+        In-dialog requests are told apart the same way (:meth:`_from_pbx`).
+        """
         source = request.source
         assert source is not None
         transport, host, port = source
-        if self.carrier.trusts(host, port):
+        if self.carrier.trusts_exactly(host, port):
             return "carrier"
         entry = self.directory.by_source(transport, host, port)
-        if entry is not None:
-            return entry
-        return None
+        if entry is not None and transport.upper() == "UDP":
+            return entry  # UDP matches IP and port (Directory.by_source)
+        if self.carrier.trusts(host, port):
+            return "carrier"
+        return entry
 
     def _authenticate(self, tx: ServerTransaction, request: Request) -> ProfileEntry | None:
         """Digest authentication (RFC 3261 §22.2, §22.3); answers the
@@ -933,12 +977,21 @@ class CallRouter:
 
     def _from_pbx(self, request: Request, call: Call) -> bool:
         """Whether an in-dialog request comes from the profile's PBX (else
-        from the carrier side)."""
+        from the carrier side).  Most specific first, as in :meth:`_identify`:
+        the PBX's own flow (where its INVITE came from, or where we sent
+        the INVITE to it) is the PBX's, even on the carrier's host.  Else,
+        on an outbound call, the request is the carrier's (its next hop may
+        send from another address than the one we sent to); on an inbound
+        call, a trusted carrier address is the carrier's and anything else
+        the PBX's (a registered PBX may send from another port than the one
+        it registered from)."""
         source = request.source
         assert source is not None
         host, port = source[1].lower(), source[2]
+        if (host, port) == (call.pbx.host.lower(), call.pbx.port):
+            return True
         if call.direction == "outbound":
-            return (host, port) == (call.pbx.host.lower(), call.pbx.port)
+            return False
         return not self.carrier.trusts(host, port)
 
     def _from_caller(self, request: Request, call: Call) -> bool:
