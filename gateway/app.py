@@ -291,7 +291,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def apply(new: Directory) -> None:
         router.apply_directory(new)
-        metrics.profiles_changed((entry.account, entry.name) for entry in new.profiles())
+        metrics.profiles_changed(new.profiles())
 
     async def sweep_registrations() -> None:
         while True:

@@ -3,10 +3,13 @@
 Two kinds, in the client_python style (docs/content/collector/custom.md):
 
 * counters and a histogram updated as things happen (SIP traffic,
-  admissions, authentication failures, call setup time);
-* a custom collector that reads the current state at scrape time (channels
-  in use and channel limit per profile, live registrations per profile), so
-  a deleted profile simply stops being reported.
+  authentication failures, call setup time);
+* custom collectors that render at scrape time under the profile
+  directory's current names: the state read then (channels in use, channel
+  limit, credit, live registrations per profile), and the admissions and
+  channel releases counted per profile *id* as they happen.  A renamed
+  profile's counts carry on under its new name (and back), and a deleted
+  profile simply stops being reported.
 
 Label values stay bounded: account and profile names (one pair per
 profile: names are unique within an account only), SIP methods
@@ -17,14 +20,15 @@ registry, no module-level state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.calls import ReleaseReason
-from gateway.directory import Directory
+from gateway.directory import Directory, ProfileEntry
 
 __all__ = ["ADMISSION_RESULTS", "KNOWN_METHODS", "Metrics"]
 
@@ -43,6 +47,8 @@ RELEASE_REASONS = tuple(reason.value for reason in ReleaseReason)
 # a LAN and seconds through a slow carrier.
 #: The labels of every per-profile metric.
 PROFILE = ["account", "profile"]
+#: (account, profile): how the router names a profile to its observer.
+Names = tuple[str, str]
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -84,8 +90,94 @@ class _StateCollector(Collector):
         yield registered
 
 
+class _Tally:
+    """One profile's counts of one counter, by label value (admission
+    result, release reason), and when each value was first counted: the
+    counter's ``_created``, which stays put across renames (Prometheus reads
+    a new creation time as a reset)."""
+
+    __slots__ = ("counts", "created")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.created: dict[str, float] = {}
+
+    def add(self, value: str) -> None:
+        counts = self.counts
+        if value in counts:
+            counts[value] += 1
+        else:
+            counts[value] = 1
+            self.created[value] = time.time()
+
+    def absorb(self, other: _Tally) -> None:
+        for value, count in other.counts.items():
+            self.counts[value] = self.counts.get(value, 0) + count
+            created = other.created[value]
+            self.created[value] = min(self.created.get(value, created), created)
+
+    def render(self, family: CounterMetricFamily, account: str, profile: str) -> None:
+        for value, count in self.counts.items():
+            family.add_metric([account, profile, value], count, created=self.created[value])
+
+
+class _ProfileCounts:
+    """A profile's admissions and channel releases, whatever its name."""
+
+    __slots__ = ("admissions", "profile_id", "releases")
+
+    def __init__(self, profile_id: int | None) -> None:
+        #: None: counted under a name no directory held (``Metrics._place``).
+        self.profile_id = profile_id
+        self.admissions = _Tally()
+        self.releases = _Tally()
+
+    def absorb(self, other: _ProfileCounts) -> None:
+        self.admissions.absorb(other.admissions)
+        self.releases.absorb(other.releases)
+
+
+class _CountCollector(Collector):
+    """``sipgw_admissions_total`` and ``sipgw_channel_releases_total``,
+    rendered at scrape time from the counts kept per profile id, under the
+    names the profile has in the current directory."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "sipgw_admissions", "Admission decisions for initial INVITEs.",
+                labels=[*PROFILE, "result"],
+            ),
+            CounterMetricFamily(
+                "sipgw_channel_releases", "Channels given back, by why the call ended.",
+                labels=[*PROFILE, "reason"],
+            ),
+        )  # fmt: skip
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        admissions, releases = self._families()
+        for account, profile, counts in self._metrics.profile_counts():
+            counts.admissions.render(admissions, account, profile)
+            counts.releases.render(releases, account, profile)
+        yield admissions
+        yield releases
+
+
 class Metrics:
-    """The gateway's metrics and their registry."""
+    """The gateway's metrics and their registry.
+
+    Admissions and releases are reported by the router under a profile's
+    current (account, profile) names and counted per profile id: one dict
+    lookup binds the names to the profile's counts (``_by_name``, rebuilt
+    when the directory changes), then one dict increment.  Rendering under
+    names happens at scrape time only (:class:`_CountCollector`).
+    """
 
     def __init__(
         self,
@@ -104,14 +196,7 @@ class Metrics:
             "sipgw_sip_responses_sent", "SIP responses sent (retransmissions included).",
             ["code"], registry=r,
         )  # fmt: skip
-        self.admissions = Counter(
-            "sipgw_admissions", "Admission decisions for initial INVITEs.",
-            [*PROFILE, "result"], registry=r,
-        )  # fmt: skip
-        self.releases = Counter(
-            "sipgw_channel_releases", "Channels given back, by why the call ended.",
-            [*PROFILE, "reason"], registry=r,
-        )  # fmt: skip
+        r.register(_CountCollector(self))
         self.auth_failures = Counter(
             "sipgw_auth_failures",
             "Digest credentials that did not verify (wrong password, unknown user, stale).",
@@ -123,7 +208,20 @@ class Metrics:
             buckets=SETUP_BUCKETS, registry=r,
         )  # fmt: skip
         r.register(_StateCollector(self))
-        self._profile_labels: set[tuple[str, str]] = set()
+        #: Per profile id: what is reported, under the directory's names.
+        self._counts: dict[int, _ProfileCounts] = {}
+        #: Names → counts for the hot path: the current directory's names,
+        #: the previous directory's names of profiles since renamed or
+        #: deleted (for one more directory), names no directory held.
+        self._by_name: dict[Names, _ProfileCounts] = {}
+        #: The names of the profiles of the directory last indexed.
+        self._current: dict[Names, _ProfileCounts] = {}
+        #: The directory ``_by_name`` was last completed from, if known.
+        self._indexed: Directory | None = None
+        #: Counts under names no directory held, reported under those names.
+        self._unplaced: dict[Names, _ProfileCounts] = {}
+        #: Where late counts of profiles just deleted go: never reported.
+        self._discarded = _ProfileCounts(None)
 
     # -- the router's observer -------------------------------------------------
     def request_received(self, method: str) -> None:
@@ -133,12 +231,16 @@ class Metrics:
         self.responses.labels(str(status)).inc()
 
     def admission(self, account: str, profile: str, result: str) -> None:
-        self._profile_labels.add((account, profile))
-        self.admissions.labels(account, profile, result).inc()
+        counts = self._by_name.get((account, profile))
+        if counts is None:
+            counts = self._place(account, profile)
+        counts.admissions.add(result)
 
     def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None:
-        self._profile_labels.add((account, profile))
-        self.releases.labels(account, profile, reason.value).inc()
+        counts = self._by_name.get((account, profile))
+        if counts is None:
+            counts = self._place(account, profile)
+        counts.releases.add(reason.value)
 
     def auth_failure(self) -> None:
         self.auth_failures.inc()
@@ -146,18 +248,73 @@ class Metrics:
     def call_setup_time(self, seconds: float) -> None:
         self.call_setup.observe(seconds)
 
-    def profiles_changed(self, names: Iterable[tuple[str, str]]) -> None:
-        """Forget the admission label sets of profiles that no longer exist
-        (``names``: the (account, profile) pairs that do)."""
-        current = set(names)
-        for gone in self._profile_labels - current:
-            for counter, values in (
-                (self.admissions, ADMISSION_RESULTS),
-                (self.releases, RELEASE_REASONS),
-            ):
-                for value in values:
-                    try:
-                        counter.remove(*gone, value)
-                    except KeyError:
-                        pass
-        self._profile_labels &= current
+    def profiles_changed(self, profiles: Iterable[ProfileEntry]) -> None:
+        """The directory changed (called once the router has applied it,
+        with its ``profiles``): bind their current names to their counts,
+        and forget the counts of profiles that are gone.
+
+        A name the previous directory gave a profile that is now renamed or
+        deleted stays bound for one more directory: to the profile's counts,
+        or, deleted, to counts never reported (an admission in flight when
+        its profile was deleted ends after the change, under the old name).
+        Counts under a name no directory held join the profile that now has
+        that name, or are dropped."""
+        entries = list(profiles)
+        live = {entry.id for entry in entries}
+        for profile_id in self._counts.keys() - live:
+            del self._counts[profile_id]
+        previous = self._current
+        self._by_name, self._current, self._indexed = {}, {}, None
+        self._discarded = _ProfileCounts(None)
+        self._index(entries)
+        self._unplaced.clear()
+        for names, counts in previous.items():
+            if names not in self._by_name:
+                self._by_name[names] = counts if counts.profile_id in live else self._discarded
+
+    def profile_counts(self) -> Iterator[tuple[str, str, _ProfileCounts]]:
+        """(account, profile, counts) to report: the current directory's
+        profiles under their names, then names no directory held."""
+        directory = self.directory()
+        self._follow(directory)
+        for entry in directory.profiles():
+            counts = self._counts.get(entry.id)
+            if counts is not None:
+                yield entry.account, entry.name, counts
+        for (account, profile), counts in self._unplaced.items():
+            yield account, profile, counts
+
+    def _index(self, entries: Iterable[ProfileEntry]) -> None:
+        """Bind each profile's current names to its counts (made here: once
+        per profile); counts made under such a name before it was known
+        become the profile's."""
+        for entry in entries:
+            counts = self._counts.get(entry.id)
+            if counts is None:
+                counts = self._counts[entry.id] = _ProfileCounts(entry.id)
+            names = (entry.account, entry.name)
+            unplaced = self._unplaced.pop(names, None)
+            if unplaced is not None:
+                counts.absorb(unplaced)
+            self._by_name[names] = self._current[names] = counts
+
+    def _follow(self, directory: Directory) -> None:
+        """Index ``directory`` if it is not the one last indexed: the
+        router's directory moves before ``profiles_changed`` is called, and
+        the one it starts with is never announced."""
+        if directory is not self._indexed:
+            self._index(directory.profiles())
+            self._indexed = directory
+
+    def _place(self, account: str, profile: str) -> _ProfileCounts:
+        """The counts of names not bound yet (off the hot path: once per
+        profile and directory at most): the current directory's profile of
+        that name, or counts kept and reported under the names themselves,
+        so that nothing counted is lost."""
+        names = (account, profile)
+        self._follow(self.directory())
+        counts = self._by_name.get(names)
+        if counts is None:
+            counts = self._unplaced[names] = _ProfileCounts(None)
+            self._by_name[names] = counts
+        return counts

@@ -157,13 +157,16 @@ def test_changes_apply_to_the_next_call_without_a_restart(home: GatewayHome) -> 
         outbound_refused(setup, "api-no-credit", 402)
         assert admissions(setup, "pbx") == {"no_credit": 1}
 
-        # Credit and a new name, then the next call: admitted, under the new name.
+        # Credit and a new name, then the next call: admitted, under the new
+        # name, which carries the profile's earlier counts (docs/metrics.md).
         moved = api.ok("POST", profile + "/credit", {"amount": "5"})
         assert moved["profile"]["credit"] == "5.0000"
         renamed = api.ok("PATCH", profile, {"name": "main"})
         assert renamed["name"] == "main"
+        assert admissions(setup, "main") == {"no_credit": 1}
+        assert admissions(setup, "pbx") == {}
         to = answered_call(setup, "api-renamed")
-        assert admissions(setup, "main") == {"admitted": 1}
+        assert admissions(setup, "main") == {"no_credit": 1, "admitted": 1}
         assert setup.gateway.healthz()["channels"][ACCOUNT]["main"] == 1
 
         # A channel limit of 1, with that call up: the next call is refused at once.
@@ -172,7 +175,7 @@ def test_changes_apply_to_the_next_call_without_a_restart(home: GatewayHome) -> 
         labels = (("account", ACCOUNT), ("profile", "main"))
         assert scrape(setup)[("sipgw_channel_limit", labels)] == 1
         outbound_refused(setup, "api-over-limit", 503)
-        assert admissions(setup, "main") == {"admitted": 1, "channel_limit": 1}
+        assert admissions(setup, "main") == {"no_credit": 1, "admitted": 1, "channel_limit": 1}
         pbx_hangs_up(setup, "api-renamed", to)
 
         # Raised again: the next call gets through.
