@@ -51,7 +51,7 @@ from urllib.parse import quote
 from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from gateway import history, profiles, rates, tokens
+from gateway import history, nodes, profiles, rates, tokens
 from gateway.advertise import gateway_addresses
 from gateway.app import ADMISSION, DIRECTORY_REFRESH, ROUTER, SETTINGS, SIP_TRANSPORT, STORE
 from gateway.errors import ProfileError, ValidationError
@@ -357,15 +357,17 @@ def _fields(
     return values
 
 
-def _gateway_addresses(request: web.Request) -> list[str]:
-    """Where PBXs send SIP: the bound listeners (a configured port 0 is a
-    real port by now), else the configured addresses, as a PBX reaches them
-    (``sip.advertise``, :mod:`gateway.advertise`)."""
+async def _gateway_addresses(request: web.Request) -> tuple[list[str], list[str]]:
+    """Where PBXs send SIP, and over what: what the live nodes advertise
+    (:mod:`gateway.nodes`), this one's own listeners included even when
+    its entry could not be written (a configured port 0 is a real port by
+    now; an API served without SIP lists its configured addresses)."""
     sip = request.config_dict[SETTINGS].sip
     transport = request.config_dict.get(SIP_TRANSPORT)
-    if transport is not None:
-        return gateway_addresses(sip, transport.listeners)
-    return gateway_addresses(sip, sip.listen)
+    own = gateway_addresses(sip, transport.listeners if transport is not None else sip.listen)
+    addresses, transports = nodes.advertised(await nodes.live_nodes(_store(request)))
+    addresses += [address for address in own if address not in addresses]
+    return addresses, transports or list(nodes.TRANSPORTS)
 
 
 def _location(*segments: str) -> str:
@@ -376,8 +378,9 @@ def _listing(page: Page[Any], documents: list[dict[str, Any]]) -> web.Response:
     return _json(profiles.page_document(page, documents))
 
 
-def _profile_document(request: web.Request, view: profiles.ProfileView) -> dict[str, Any]:
-    return profiles.profile_document(view, gateway_addresses=_gateway_addresses(request))
+async def _profile_document(request: web.Request, view: profiles.ProfileView) -> dict[str, Any]:
+    addresses, transports = await _gateway_addresses(request)
+    return profiles.profile_document(view, gateway_addresses=addresses, transports=transports)
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +437,12 @@ async def list_profiles(request: web.Request) -> web.Response:
     page = await profiles.list_profiles(
         _store(request), account=_account(request), offset=offset, limit=limit
     )
-    return _listing(page, [_profile_document(request, view) for view in page.items])
+    addresses, transports = await _gateway_addresses(request)
+    documents = [
+        profiles.profile_document(view, gateway_addresses=addresses, transports=transports)
+        for view in page.items
+    ]
+    return _listing(page, documents)
 
 
 async def create_profile(request: web.Request) -> web.Response:
@@ -447,14 +455,16 @@ async def create_profile(request: web.Request) -> web.Response:
     )
     if "channel_limit" in fields:
         fields["channels"] = fields.pop("channel_limit")
+    addresses, transports = await _gateway_addresses(request)
     view, notice = await profiles.create_profile_and_notify(
         _store(request),
         request.app[MAILER],
-        gateway_addresses=_gateway_addresses(request),
+        gateway_addresses=addresses,
+        transports=transports,
         account=account,
         **fields,
     )
-    document = _profile_document(request, view)
+    document = await _profile_document(request, view)
     document["email"] = {"sent": notice.emailed, "to": notice.recipient, "error": notice.error}
     location = _location("accounts", view.account, "profiles", view.name)
     return _json(document, 201, {"Location": location})
@@ -465,7 +475,7 @@ async def get_profile(request: web.Request) -> web.Response:
     view = await profiles.get_profile(
         _store(request), request.match_info["profile"], account=_account(request)
     )
-    return _json(_profile_document(request, view))
+    return _json(await _profile_document(request, view))
 
 
 async def update_profile(request: web.Request) -> web.Response:
@@ -483,7 +493,7 @@ async def update_profile(request: web.Request) -> web.Response:
         channel_limit=fields.get("channel_limit"),
         account=account,
     )
-    return _json(_profile_document(request, view))
+    return _json(await _profile_document(request, view))
 
 
 async def delete_profile(request: web.Request) -> web.Response:
@@ -495,16 +505,32 @@ async def delete_profile(request: web.Request) -> web.Response:
         )
     admission = request.config_dict[ADMISSION]
 
+    store = _store(request)
+
     async def active_calls(view: profiles.ProfileView) -> int:
         return await admission.in_use(view.id)
 
+    async def settle(view: profiles.ProfileView, version: int) -> None:
+        # This node applies the closing at once (others by NOTIFY or poll).
+        refresh = request.config_dict.get(DIRECTORY_REFRESH)
+        if refresh is not None:
+            refresh.set()
+        await nodes.wait_until_settled(
+            store,
+            profile_id=view.id,
+            profile=view.name,
+            version=version,
+            timeout=nodes.SETTLE_TIMEOUT,
+        )
+
     report = await profiles.delete_profile(
-        _store(request),
+        store,
         request.match_info["profile"],
         account=account,
         confirm=query["confirm"],
         end_calls=_flag(query, "end_calls"),
         active_calls=active_calls,
+        settle=settle,
     )
     return _json(profiles.deletion_document(report))
 
@@ -517,7 +543,10 @@ async def move_credit(request: web.Request) -> web.Response:
         _store(request), request.match_info["profile"], fields["amount"], account=account
     )
     return _json(
-        {"profile": _profile_document(request, view), "account": profiles.account_document(owner)}
+        {
+            "profile": await _profile_document(request, view),
+            "account": profiles.account_document(owner),
+        }
     )
 
 
@@ -532,7 +561,7 @@ async def incoming(request: web.Request) -> web.Response:
         store, account=view.account, profile=view.name, offset=offset, limit=limit
     )
     document = profiles.page_document(page, [profiles.number_document(n) for n in page.items])
-    delivered_to = _profile_document(request, view)["incoming"]["delivered_to"]
+    delivered_to = (await _profile_document(request, view))["incoming"]["delivered_to"]
     return _json(
         {"profile": view.name, "account": view.account, "delivered_to": delivered_to} | document
     )

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from admission import AdmissionController, MemoryAdmission, RedisAdmission
 from gateway import __version__
-from gateway.advertise import advertised_address, needs_advertise
+from gateway.advertise import advertised_address, gateway_addresses, needs_advertise
 from gateway.calls import CallRouter, CarrierSettings, Hop
 from gateway.cdr import CallRecordEntry, CallRecordWriter
 from gateway.credit import CreditMeter
@@ -33,6 +33,8 @@ from gateway.credit_share import CreditExchange
 from gateway.directory import Directory, load_directory, watch_directory
 from gateway.mailer import SMTPMailer
 from gateway.metrics import Metrics
+from gateway.models import utcnow
+from gateway.nodes import TRANSPORTS, NodeAnnouncer, NodeView, new_node_id
 from gateway.notify import listen_for_changes
 from gateway.registrar import LocationService, RegistrarPolicy
 from gateway.settings import GatewaySettings, SIPServerSettings
@@ -43,7 +45,7 @@ from sip.message import Message, Request, Response, build_response
 from sip.transaction import ClientTransaction, TransactionLayer
 from sip.transport import Source, TransportLayer, stateless_tag
 
-__all__ = ["SETTINGS", "SIP_SERVICE", "SIP_TRANSPORT", "SIPService", "create_app"]
+__all__ = ["NODE", "SETTINGS", "SIP_SERVICE", "SIP_TRANSPORT", "SIPService", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ METRICS = web.AppKey("metrics", Metrics)
 #: directory is reloaded at once instead of at the next poll.
 DIRECTORY_REFRESH = web.AppKey("directory_refresh", asyncio.Event)
 CALL_RECORDS = web.AppKey("call_records", CallRecordWriter)
+#: This node's entry among the running gateways (:mod:`gateway.nodes`).
+NODE = web.AppKey("node", NodeAnnouncer)
 #: Seconds the BYEs of calls ended at shutdown get to leave.
 SHUTDOWN_GRACE = 0.2
 #: Seconds a stopping gateway keeps trying to write its call records before
@@ -330,7 +334,24 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS] = metrics
     app[DIRECTORY_REFRESH] = refresh
     app[CALL_RECORDS] = records
+    # Where PBXs reach this node, for every profile document given out
+    # (CLI, API, e-mail), now that the listeners are bound.
+    http = settings.http.listen
+    node = NodeAnnouncer(
+        store,
+        NodeView(
+            node_id=new_node_id(),
+            sip_addresses=tuple(gateway_addresses(sip, transport.listeners)),
+            transports=TRANSPORTS,
+            http_address=None if http.port == 0 else str(http),
+            started_at=utcnow(),
+            seen_at=utcnow(),
+        ),
+    )
+    await node.start()
+    app[NODE] = node
     yield
+    await node.close()  # first: no more profile documents name this node
     ended = router.end_all_calls()
     if ended:
         # Let the BYEs (and CANCELs) leave before the sockets close.
@@ -372,8 +393,19 @@ async def healthz(request: web.Request) -> web.Response:
             "registrations": sum(router.registrar.counts(app[SIP_SERVICE].now()).values()),
             "call_records_pending": app[CALL_RECORDS].pending,
             "directory_version": router.directory.version,
+            "node": app[NODE].node.node_id,
+            # Per profile id: calls up here and their records not yet
+            # written (a profile being deleted waits for 0 everywhere).
+            "unsettled": {str(k): n for k, n in _unsettled(router, app[CALL_RECORDS]).items()},
         }
     )
+
+
+def _unsettled(router: CallRouter, records: CallRecordWriter) -> dict[int, int]:
+    busy = records.pending_by_profile()
+    for call in router.calls.values():
+        busy[call.profile.id] += 1
+    return dict(busy)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

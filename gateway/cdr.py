@@ -36,7 +36,7 @@ import logging
 import os
 import re
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -297,6 +297,11 @@ class CallRecordWriter:
     def pending(self) -> int:
         """Records not yet in the database (nor in the spool file)."""
         return len(self._queue) + len(self._in_flight)
+
+    def pending_by_profile(self) -> Counter[int]:
+        """:attr:`pending` per profile id: a profile being deleted waits
+        for its records to be written, and charged, first."""
+        return Counter(entry.profile_id for entry in (*self._in_flight, *self._queue))
 
     # -- the hot path -----------------------------------------------------------
     def submit(self, entry: CallRecordEntry) -> None:

@@ -31,16 +31,13 @@ import os
 import shlex
 import signal
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import __version__, history, profiles, rates, tokens
-from gateway.advertise import gateway_addresses
+from gateway import __version__, history, nodes, profiles, rates, tokens
 from gateway.errors import ProfileError
 from gateway.mailer import SMTPMailer
 from gateway.models import MAX_CHANNELS, AuthMode, TokenRole
@@ -447,7 +444,7 @@ async def serve(settings: GatewaySettings) -> int:
     # aiohttp, and start faster without them.
     from aiohttp import web  # noqa: PLC0415
 
-    from gateway.app import SIP_TRANSPORT, create_app  # noqa: PLC0415
+    from gateway.app import NODE, SIP_TRANSPORT, create_app  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -468,6 +465,9 @@ async def serve(settings: GatewaySettings) -> int:
         except OSError as exc:
             message = f"cannot listen for HTTP on {http}: {_why(exc)}"
             raise _StartError(message, EXIT_RUNTIME) from None
+        bound = runner.addresses[0] if runner.addresses else (http.host, http.port)
+        # The CLI asks this node (calls up, a deletion settled) where it listens.
+        await runner.app[NODE].set_http_address(_host_port(str(bound[0]), bound[1]))
         sip = ", ".join(str(a) for a in runner.app[SIP_TRANSPORT].listeners)
         logger.info("sipgw %s serving SIP on %s, HTTP on %s", __version__, sip, http)
         await stop.wait()
@@ -537,6 +537,9 @@ def _profile_text(document: dict[str, Any]) -> str:
     transports = ", ".join(document["transports"])
     for address in document["gateway_addresses"]:
         pairs.append(("gateway", f"{address} ({transports})"))
+    if not document["gateway_addresses"]:
+        # Only a running gateway knows where PBXs reach it (gateway.nodes).
+        pairs.append(("gateway", NO_GATEWAY))
     pairs.append(("channels", str(document["channel_limit"])))
     pairs.append(("credit", document["credit"]))
     incoming = document["incoming"]
@@ -549,13 +552,22 @@ def _account_text(view: profiles.AccountView) -> str:
     return _pairs([("account", view.name), ("e-mail", view.email), ("balance", str(view.balance))])
 
 
-def _gateway_addresses(settings: GatewaySettings) -> list[str]:
-    """The configured listeners as a PBX reaches them (``sip.advertise``)."""
-    return gateway_addresses(settings.sip, settings.sip.listen)
+#: What ``profile show`` says for the gateway's address when none runs.
+NO_GATEWAY = (
+    "none running, so no address to give: start the gateway (sipgw serve) and run"
+    " 'sipgw profile show' again"
+)
 
 
-def _document(view: profiles.ProfileView, settings: GatewaySettings) -> dict[str, Any]:
-    return profiles.profile_document(view, gateway_addresses=_gateway_addresses(settings))
+async def _gateway_addresses(store: Store) -> tuple[list[str], list[str]]:
+    """What the running gateways advertise (:mod:`gateway.nodes`): their
+    addresses and transports, both empty when none runs."""
+    return nodes.advertised(await nodes.live_nodes(store))
+
+
+async def _document(store: Store, view: profiles.ProfileView) -> dict[str, Any]:
+    addresses, transports = await _gateway_addresses(store)
+    return profiles.profile_document(view, gateway_addresses=addresses, transports=transports)
 
 
 # -- accounts ----------------------------------------------------------------
@@ -600,10 +612,12 @@ async def _profile_create(
     store: Store, args: argparse.Namespace, settings: GatewaySettings
 ) -> _Output:
     mailer = SMTPMailer(settings.smtp) if settings.smtp.host else None
+    addresses, transports = await _gateway_addresses(store)
     view, notice = await profiles.create_profile_and_notify(
         store,
         mailer,
-        gateway_addresses=_gateway_addresses(settings),
+        gateway_addresses=addresses,
+        transports=transports,
         account=args.account,
         name=args.name,
         auth=args.auth,
@@ -611,7 +625,7 @@ async def _profile_create(
         port=args.port,
         channels=args.channels,
     )
-    document = _document(view, settings)
+    document = await _document(store, view)
     document["email"] = {"sent": notice.emailed, "to": notice.recipient, "error": notice.error}
     text = _profile_text(document) + "\nprofile created"
     if notice.emailed:
@@ -633,7 +647,7 @@ async def _profile_show(
     store: Store, args: argparse.Namespace, settings: GatewaySettings
 ) -> _Output:
     view = await profiles.get_profile(store, args.name, account=args.account)
-    document = _document(view, settings)
+    document = await _document(store, view)
     return document, _profile_text(document)
 
 
@@ -643,7 +657,11 @@ async def _profile_list(
     page = await profiles.list_profiles(
         store, account=args.account, offset=args.offset, limit=args.limit
     )
-    documents = [_document(v, settings) for v in page.items]
+    addresses, transports = await _gateway_addresses(store)
+    documents = [
+        profiles.profile_document(v, gateway_addresses=addresses, transports=transports)
+        for v in page.items
+    ]
     heading = ("ACCOUNT", "PROFILE", "AUTH", "USERNAME / PBX ADDRESS", "CHANNELS", "CREDIT")
     rows = []
     for view in page.items:
@@ -667,7 +685,7 @@ async def _profile_rename(
     store: Store, args: argparse.Namespace, settings: GatewaySettings
 ) -> _Output:
     view = await profiles.rename_profile(store, args.name, args.new_name, account=args.account)
-    document = _document(view, settings)
+    document = await _document(store, view)
     return document, _profile_text(document) + f"\nprofile {args.name} renamed {view.name}"
 
 
@@ -675,7 +693,7 @@ async def _profile_set_limit(
     store: Store, args: argparse.Namespace, settings: GatewaySettings
 ) -> _Output:
     view = await profiles.set_channel_limit(store, args.name, args.limit, account=args.account)
-    document = _document(view, settings)
+    document = await _document(store, view)
     return document, _profile_text(document) + "\nchannel limit set"
 
 
@@ -684,7 +702,10 @@ async def _profile_credit(
 ) -> _Output:
     amount = args.add if args.add is not None else "-" + args.withdraw.strip()
     view, owner = await profiles.allocate_credit(store, args.name, amount, account=args.account)
-    document = {"profile": _document(view, settings), "account": profiles.account_document(owner)}
+    document = {
+        "profile": await _document(store, view),
+        "account": profiles.account_document(owner),
+    }
     done = "added to the profile" if args.add is not None else "withdrawn to the account"
     text = _pairs(
         [
@@ -706,12 +727,14 @@ async def _profile_delete(
         account=args.account,
         confirm=args.confirm,
         end_calls=args.end_calls,
-        active_calls=_active_calls(settings),
+        active_calls=_active_calls(store, settings),
+        settle=_settle(store),
     )
     text = _pairs(
         [
             ("profile", report.name),
             ("account", report.account),
+            ("calls charged", str(report.charged)),
             ("credit returned", str(report.credit_returned)),
             ("balance now", str(report.balance)),
             ("numbers released", ", ".join(report.numbers_released) or "-"),
@@ -722,23 +745,31 @@ async def _profile_delete(
     return profiles.deletion_document(report), f"{text}\nprofile deleted"
 
 
-#: How long ``profile delete`` waits for a gateway's /healthz.
-HEALTHZ_TIMEOUT = 5.0
-
-
-def _active_calls(settings: GatewaySettings) -> profiles.ActiveCalls:
-    """How many calls a profile has up, asked where the gateway keeps count:
+def _active_calls(store: Store, settings: GatewaySettings) -> profiles.ActiveCalls:
+    """How many calls a profile has up, asked where the gateways keep count:
     Redis for ``[admission] backend = "redis"`` (every node's channels),
-    else the configured gateway's ``GET /healthz``.  A refused connection
-    means no gateway runs there: no calls."""
+    else every running gateway's ``GET /healthz`` (:func:`gateway.nodes.calls_up`)."""
 
     async def count(view: profiles.ProfileView) -> int:
         admission = settings.admission
         if admission.backend == "redis":
             return await _calls_in_redis(settings, view)
-        return await asyncio.to_thread(_calls_in_healthz, settings, view)
+        return await nodes.calls_up(store, account=view.account, profile=view.name)
 
     return count
+
+
+def _settle(store: Store) -> profiles.Settle:
+    async def settle(view: profiles.ProfileView, version: int) -> None:
+        await nodes.wait_until_settled(
+            store,
+            profile_id=view.id,
+            profile=view.name,
+            version=version,
+            timeout=nodes.SETTLE_TIMEOUT,
+        )
+
+    return settle
 
 
 async def _calls_in_redis(settings: GatewaySettings, view: profiles.ProfileView) -> int:
@@ -758,31 +789,6 @@ async def _calls_in_redis(settings: GatewaySettings, view: profiles.ProfileView)
         raise _StartError(message, EXIT_RUNTIME) from None
     finally:
         await counter.close()
-
-
-def _calls_in_healthz(settings: GatewaySettings, view: profiles.ProfileView) -> int:
-    listen = settings.http.listen
-    # A wildcard listener is reached on the loopback address of its family.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
-    url = f"http://{_host_port(host, listen.port)}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=HEALTHZ_TIMEOUT) as reply:
-            health = json.load(reply)
-        channels = health["channels"].get(view.account, {})
-        return int(channels.get(view.name, 0))
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ConnectionRefusedError):
-            return 0  # no gateway listening: nothing is up
-        why = (
-            f"HTTP {exc.code} {exc.reason}"
-            if isinstance(exc, urllib.error.HTTPError)
-            else exc.reason
-        )
-        message = f"cannot ask the gateway at {url} how many calls are up: {why}"
-        raise _StartError(message, EXIT_RUNTIME) from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        message = f"cannot ask the gateway at {url} how many calls are up: {exc or type(exc)}"
-        raise _StartError(message, EXIT_RUNTIME) from None
 
 
 # -- numbers -----------------------------------------------------------------

@@ -182,6 +182,9 @@ async def load_directory(store: Store) -> Directory:
             await session.execute(
                 select(Profile, Account.name)
                 .join(Account, Profile.account_id == Account.id)
+                # A profile being deleted is gone for the SIP path: its
+                # calls end and its registrations go (profiles.delete_profile).
+                .where(Profile.closing_since.is_(None))
                 .order_by(Profile.id)
             )
         ).all()

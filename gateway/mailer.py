@@ -214,6 +214,8 @@ def credentials_message(
     ]
     transports = ", ".join(str(t).upper() for t in document["transports"])
     gateways = [f"  {address} ({transports})" for address in document["gateway_addresses"]]
+    if not gateways:  # made while no gateway ran: no address to give yet
+        gateways = ["  (no gateway is running right now: ask the gateway operator)"]
     if registration:
         password = document["password"]
         lines += [

@@ -61,6 +61,7 @@ __all__ = [
     "CallRecord",
     "Direction",
     "DirectoryVersion",
+    "GatewayNode",
     "Money",
     "Number",
     "Profile",
@@ -247,6 +248,10 @@ class Profile(Base):
     channel_limit: Mapped[int] = mapped_column(Integer, default=MAX_CHANNELS)
     credit: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Set when its deletion began: the gateways end its calls and drop it
+    #: from their directories, their call records are still charged to it,
+    #: and only then is it deleted (:func:`gateway.profiles.delete_profile`).
+    closing_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         UniqueConstraint("account_id", "name"),
@@ -310,6 +315,33 @@ class DirectoryVersion(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+#: A node id: host name, process id and a random part (``gateway.nodes``).
+NODE_ID_MAX_LENGTH = 128
+#: A node's advertised SIP addresses as JSON (``["203.0.113.5:5060", ...]``).
+NODE_ADDRESSES_MAX_LENGTH = 2048
+
+
+class GatewayNode(Base):
+    """A gateway running now, as it announced itself: where PBXs reach it
+    (``sip_addresses``, a JSON list of ``HOST:PORT``, each serving
+    ``transports``) and where local tools reach its HTTP listener.
+
+    Only a running gateway knows those for sure (its listeners bound, its
+    command line and ``sip.advertise`` applied), so each node writes its row
+    at start, refreshes ``seen_at`` while it runs and deletes the row when it
+    stops; a row not refreshed for :data:`gateway.nodes.NODE_TTL` is a node
+    that died without saying so."""
+
+    __tablename__ = "gateway_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(NODE_ID_MAX_LENGTH), primary_key=True)
+    sip_addresses: Mapped[str] = mapped_column(String(NODE_ADDRESSES_MAX_LENGTH))
+    transports: Mapped[str] = mapped_column(String(64))
+    http_address: Mapped[str | None] = mapped_column(String(IP_MAX_LENGTH + 8))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 #: A Call-ID is unbounded in RFC 3261; longer ones are cut in call records.

@@ -165,6 +165,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "name": NAME,
             "account": NAME,
+            "charged": MONEY,
             "credit_returned": MONEY,
             "numbers_released": {"type": "array", "items": E164},
             "records_erased": COUNT,

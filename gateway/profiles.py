@@ -1,6 +1,6 @@
 """The management service: accounts, SIP profiles, their credit and numbers.
 
-Every management front end (the CLI, the REST API, the console later)
+Every management front end (the CLI and the REST API)
 calls these functions and nothing else, so that the rules live in one
 place: names unique within an account, one profile per IP:port, at most
 :data:`~gateway.models.MAX_CHANNELS` channels, E.164 numbers assigned
@@ -59,6 +59,7 @@ from gateway.models import (
     CallRecord,
     Number,
     Profile,
+    utcnow,
 )
 from gateway.paging import DEFAULT_LIMIT, Page, check_page
 from gateway.settings import DEFAULT_SMTP_FROM
@@ -82,6 +83,7 @@ __all__ = [
     "Page",
     "ProfileError",
     "ProfileView",
+    "Settle",
     "ValidationError",
     "account_document",
     "add_numbers",
@@ -134,6 +136,8 @@ MAX_NUMBERS_PER_REQUEST = 1000
 #: its PBX registered (RFC 3261 §10.3), whatever address that is today.
 REGISTERED_PBX = "registered PBX"
 _MONEY_QUANTUM = Decimal(1).scaleb(-BALANCE_SCALE)
+#: What each SIP listener serves, when the documents are not told otherwise.
+GATEWAY_TRANSPORTS = ("udp", "tcp")
 
 #: Besides letters (of any alphabet: "Łódź", "Zażółć") and digits, the
 #: characters a name may hold.  No "/" (a name is a segment of API paths and
@@ -205,13 +209,15 @@ class Notice:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeletionReport:
-    """What a profile deletion did: the credit given back to ``account``
+    """What a profile deletion did: what the calls it ended (and any
+    others not yet charged) cost, the credit then given back to ``account``
     (whose balance is now ``balance``), the numbers back in its pool, how
     many call records were erased, and how many calls were up when it was
-    asked (ended by the gateways as they reload)."""
+    asked."""
 
     name: str
     account: str
+    charged: Decimal
     credit_returned: Decimal
     numbers_released: list[str]
     records_erased: int
@@ -222,6 +228,10 @@ class DeletionReport:
 #: How a front end tells :func:`delete_profile` how many calls a profile has
 #: up right now (the gateways know; the database does not).
 ActiveCalls = Callable[[ProfileView], Awaitable[int]]
+#: How a front end waits until the running gateways have applied directory
+#: version ``int`` (the profile closing), ended the profile's calls and
+#: written their call records, charged (:func:`gateway.nodes.wait_until_settled`).
+Settle = Callable[[ProfileView, int], Awaitable[None]]
 
 
 # ---------------------------------------------------------------------------
@@ -658,6 +668,7 @@ async def create_profile_and_notify(
     mailer: Mailer | None,
     *,
     gateway_addresses: Sequence[str],
+    transports: Sequence[str] = GATEWAY_TRANSPORTS,
     account: str,
     name: str,
     auth: AuthMode | str,
@@ -690,7 +701,7 @@ async def create_profile_and_notify(
         sender=sender or DEFAULT_SMTP_FROM,
         to=owner.email,
         account=owner.name,
-        document=profile_document(view, gateway_addresses=gateway_addresses),
+        document=profile_document(view, gateway_addresses=gateway_addresses, transports=transports),
     )
     try:
         await mailer.send(message)
@@ -824,6 +835,9 @@ async def allocate_credit(
     moved = abs(value)
     async with store.write() as session:  # running gateways see the new credit
         profile, owner = await _find_profile(session, name, account)
+        if profile.closing_since is not None:
+            # Its calls are being charged; what is left goes to the account.
+            raise ConflictError(f"profile {profile.name!r} is being deleted")
         # Always the account's row first, then the profile's (delete_profile
         # too): concurrent moves wait for each other instead of deadlocking.
         if value > 0:
@@ -895,6 +909,7 @@ async def delete_profile(
     confirm: str,
     end_calls: bool = False,
     active_calls: ActiveCalls,
+    settle: Settle,
 ) -> DeletionReport:
     """Delete profile ``name`` and give back what it held.
 
@@ -905,14 +920,21 @@ async def delete_profile(
     database); with any up, the deletion is refused with
     :class:`CallsUpError` unless ``end_calls``.
 
-    In one transaction: the profile's credit goes back to the account's
-    balance, its numbers back to the account's pool (unassigned), its call
-    records are erased, and the profile is deleted.  The directory bump
-    makes every running gateway drop its registrations and end its calls.
+    Money first, in two steps.  The profile is marked closing (a directory
+    change): every running gateway drops it, ending its calls (BYE both
+    sides, or CANCEL while ringing), and writes their call records, each
+    charging its cost to the profile as any call does.  ``settle`` waits
+    for that to be done everywhere (it raises if the gateways do not
+    confirm in time: the profile stays closed to calls, and asking again
+    continues).  Then, in one transaction, the credit left goes back to the
+    account's balance, its numbers back to the account's pool (unassigned),
+    its call records are erased, and the profile is deleted.  The report
+    says what the calls cost (``charged``) and what came back.
     """
     if not isinstance(confirm, str) or confirm != name:
         raise ValidationError(
-            f"confirmation does not match: repeat the profile name {name!r} exactly to delete it"
+            f"confirmation does not match: repeat the profile name {name!r} exactly to delete it",
+            field="confirm",
         )
     # No password needed (nor the key that decrypts it) to delete.
     view = await get_profile(store, name, account=account, reveal=False)
@@ -924,20 +946,36 @@ async def delete_profile(
             f" set end_calls to end {them} and delete the profile",
             field="end_calls",
         )
+    async with store.write() as session:  # the bump makes the gateways drop it
+        current = (
+            await session.execute(
+                select(Profile.name, Profile.credit, Profile.closing_since)
+                .where(Profile.id == view.id)
+                .with_for_update()
+            )
+        ).first()
+        if current is None or current.name != view.name:
+            raise NotFoundError(f"no profile named {name!r}{_in_account(account)}")
+        credit_before: Decimal = current.credit
+        if current.closing_since is None:
+            await _rows_changed(
+                session, update(Profile).where(Profile.id == view.id).values(closing_since=utcnow())
+            )
+    await settle(view, await store.version())
     async with store.write() as session:
         # The account's row, then the profile's, locked in the order
         # allocate_credit takes them (SQLite's write lock covers both).
         balance = await session.scalar(
             select(Account.balance).where(Account.id == view.account_id).with_for_update()
         )
-        current = (
+        remaining = (
             await session.execute(
                 select(Profile.name, Profile.credit).where(Profile.id == view.id).with_for_update()
             )
         ).first()
-        if balance is None or current is None or current.name != view.name:
+        if balance is None or remaining is None or remaining.name != view.name:
             raise NotFoundError(f"no profile named {name!r}{_in_account(account)}")
-        credit: Decimal = current.credit
+        credit: Decimal = remaining.credit
         if balance + credit > MAX_BALANCE:
             raise ConflictError(
                 f"account {view.account!r} cannot take back {credit}:"
@@ -964,6 +1002,8 @@ async def delete_profile(
     return DeletionReport(
         name=view.name,
         account=view.account,
+        # Credit moves are refused while closing: what left was charged.
+        charged=max(credit_before - credit, Decimal(0)).quantize(_MONEY_QUANTUM),
         credit_returned=credit,
         numbers_released=released,
         records_erased=erased,
@@ -1117,11 +1157,18 @@ def _host_port(host: str, port: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def profile_document(view: ProfileView, *, gateway_addresses: Sequence[str]) -> dict[str, Any]:
+def profile_document(
+    view: ProfileView,
+    *,
+    gateway_addresses: Sequence[str],
+    transports: Sequence[str] = GATEWAY_TRANSPORTS,
+) -> dict[str, Any]:
     """What a PBX administrator needs, as JSON-ready data: the credentials or
-    the trusted address, the realm, where to send SIP (``gateway_addresses``,
-    from the gateway's settings), the credit, and the incoming calls: the
-    numbers delivered and where to (the registered PBX, or the IP:port)."""
+    the trusted address, the realm, where to send SIP (``gateway_addresses``
+    and ``transports``: what the running gateways advertise,
+    :mod:`gateway.nodes`; empty when none runs), the credit, and the
+    incoming calls: the numbers delivered and where to (the registered PBX,
+    or the IP:port)."""
     if view.auth_mode is AuthMode.REGISTRATION or view.ip is None:
         delivered_to = REGISTERED_PBX
     else:
@@ -1135,7 +1182,7 @@ def profile_document(view: ProfileView, *, gateway_addresses: Sequence[str]) -> 
         "password": view.password,
         "realm": view.realm,
         "gateway_addresses": list(gateway_addresses),
-        "transports": ["udp", "tcp"],
+        "transports": list(transports),
         "ip": view.ip,
         "port": view.port,
         "channel_limit": view.channel_limit,
@@ -1165,6 +1212,7 @@ def deletion_document(report: DeletionReport) -> dict[str, Any]:
     return {
         "name": report.name,
         "account": report.account,
+        "charged": str(report.charged),
         "credit_returned": str(report.credit_returned),
         "numbers_released": list(report.numbers_released),
         "records_erased": report.records_erased,

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cli import NO_GATEWAY
 from sip.message import Request, Response
 from tests.conftest import (
     GatewayHome,
@@ -170,3 +171,56 @@ def test_a_bad_advertised_address_stops_the_start(
     assert result.stderr.startswith(f"sipgw: {config}: sip.advertise: ")
     assert problem in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_cli_gives_out_what_the_running_gateways_advertise(
+    gateway_home: GatewayHome,
+) -> None:
+    """Issue 10 (1): a gateway started with ``--sip-listen`` on a concrete
+    address, and the CLI reading the repository's config file (a wildcard
+    listener): the CLI, the API and the e-mail's document name the address
+    the running gateways advertise, each node's, and the CLI says when none
+    runs instead of guessing from its file."""
+    repository_config = str(Path(__file__).resolve().parents[1] / "config" / "gateway.toml")
+    net = random_loopback_block()
+    ip_profile_home(gateway_home, (net.pbx(1), 5060))
+    directory = gateway_home.directory / "flagged"
+    directory.mkdir()
+    first = start_gateway(
+        directory,
+        host=net.gateway,
+        args=["--database", gateway_home.database_url, "--sip-listen", f"{net.gateway}:0"],
+        env=gateway_home.env(),
+    )
+    gateway_home.started.append(first)
+    (bound,) = first.healthz()["sip_listen"]
+    assert bound.startswith(f"{net.gateway}:") and bound != f"{net.gateway}:0"
+
+    created = gateway_home.cli(
+        "profile", "create", "--account", ACCOUNT, "--name", "sales", "--auth",
+        "registration", "--config", repository_config,
+    ).stdout  # fmt: skip
+    assert f"gateway:       {bound} (udp, tcp)" in created
+    shown = gateway_home.cli_json("profile", "show", "sales", "--config", repository_config)
+    assert (shown["gateway_addresses"], shown["transports"]) == ([bound], ["udp", "tcp"])
+    token = gateway_home.cli_json("token", "create", "--name", "ops", "--role", "operator")
+    document = _get(first, token["secret"], f"/accounts/{ACCOUNT}/profiles/sales")
+    assert document["gateway_addresses"] == [bound]
+
+    # A second node: every document lists both, oldest first.
+    second = gateway_home.serve(host=random_loopback_block().gateway)
+    second_address = "{}:{}".format(*second.sip)
+    both = [bound, second_address]
+    assert gateway_home.cli_json("profile", "show", "sales")["gateway_addresses"] == both
+    assert (
+        _get(second, token["secret"], f"/accounts/{ACCOUNT}/profiles/sales")["gateway_addresses"]
+        == both
+    )
+
+    # Stopped nodes are not given out; with none running the CLI says so.
+    second.stop()
+    assert gateway_home.cli_json("profile", "show", "sales")["gateway_addresses"] == [bound]
+    first.stop()
+    text = gateway_home.cli("profile", "show", "sales", "--config", repository_config).stdout
+    assert f"gateway:       {NO_GATEWAY}" in text and bound not in text
+    assert gateway_home.cli_json("profile", "show", "sales")["gateway_addresses"] == []

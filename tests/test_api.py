@@ -834,6 +834,7 @@ async def test_delete_gives_everything_back(api: Api) -> None:
     assert report == {
         "name": "sales",
         "account": "acme",
+        "charged": "0.0000",
         "credit_returned": "25.0000",
         "numbers_released": ["+441134960000", "+441134960001"],
         "records_erased": 2,

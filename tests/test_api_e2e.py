@@ -261,6 +261,7 @@ def test_delete_through_the_api_gives_everything_back(home: GatewayHome) -> None
             assert report == {
                 "name": "reg",
                 "account": ACCOUNT,
+                "charged": "0.0000",
                 "credit_returned": credit,
                 "numbers_released": [REGISTERED_NUMBER],
                 "records_erased": 1,
@@ -305,4 +306,35 @@ def test_delete_through_the_api_gives_everything_back(home: GatewayHome) -> None
             assert isinstance(bye, Request)
             peer.send(answer(bye, 200), setup.sip)
         assert api.ok("GET", f"/accounts/{ACCOUNT}/profiles")["total"] == 0
+        setup.gateway.assert_idle()
+
+
+def test_deleting_a_profile_with_a_call_up_charges_the_call_first(home: GatewayHome) -> None:
+    """Issue 10 (2): the gateway ends the call and charges it to the
+    profile, and only then is the credit left given back; the answer says
+    what was charged, and no call record is thrown away."""
+    with trunk(home, sip_config=TIMERS + NO_POLL) as setup:
+        api = operator(home, setup)
+        api.ok("PUT", "/rates/default", {"price_per_minute": "60.0000"})  # 1.0000 a second
+        path = f"/accounts/{ACCOUNT}/profiles/pbx"
+        credit = Decimal(api.ok("GET", path)["credit"])
+        balance = Decimal(api.ok("GET", f"/accounts/{ACCOUNT}")["balance"])
+        answered_call(setup, "doomed")
+        time.sleep(1.2)  # the call runs into its second started second
+        report = api.ok("DELETE", path, params={"confirm": "pbx", "end_calls": "true"})
+        for peer in (setup.pbx, setup.carrier):  # ended by the gateway: BYE both sides
+            bye = peer.expect(
+                lambda m: isinstance(m, Request) and m.method == "BYE" and m.call_id == "doomed"
+            )
+            assert isinstance(bye, Request)
+            peer.send(answer(bye, 200), setup.sip)
+        charged = Decimal(report["charged"])
+        assert Decimal(2) <= charged < credit, report  # every started second, at 1.0000
+        assert report["calls_up"] == 1
+        assert Decimal(report["credit_returned"]) == credit - charged
+        assert Decimal(report["balance"]) == balance + credit - charged
+        assert (
+            Decimal(api.ok("GET", f"/accounts/{ACCOUNT}")["balance"]) == balance + credit - charged
+        )
+        assert "discarded" not in setup.gateway.log()
         setup.gateway.assert_idle()

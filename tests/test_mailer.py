@@ -50,12 +50,14 @@ SEND_TIMEOUT = 20.0
 @pytest.fixture(scope="module")
 def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """A registration profile (with a number) and an IP profile, as
-    ``sipgw profile create --json`` prints them, for a gateway listening on
-    :data:`GATEWAY_ADDRESS` with realm :data:`REALM`."""
+    ``sipgw profile create --json`` prints them, with a gateway running
+    that PBXs reach at :data:`GATEWAY_ADDRESS` (behind NAT: it listens on
+    loopback and advertises that address) with realm :data:`REALM`."""
     home = GatewayHome(tmp_path_factory.mktemp("mailer-home"))
     config = home.directory / "gateway.toml"
-    config.write_text(f'[sip]\nlisten = ["{GATEWAY_ADDRESS}"]\nrealm = "{REALM}"\n')
+    config.write_text(f'[sip]\nrealm = "{REALM}"\n')
     try:
+        home.serve(sip_config=f'advertise = "{GATEWAY_ADDRESS}"\nrealm = "{REALM}"')
         home.cli("account", "create", "--name", "acme", "--email", ACCOUNT_EMAIL)
         home.cli(
             "profile", "create", "--account", "acme", "--name", "sales",
@@ -316,6 +318,20 @@ async def test_ip_profile_gets_the_allow_list(
     assert f"  {GATEWAY_ADDRESS} (UDP, TCP)" in lines
     assert "Numbers:        none yet" in lines
     assert "Password" not in body and "SIP username" not in body and "Realm" not in body
+
+
+async def test_made_while_no_gateway_runs_it_says_so(
+    smtp_server: StartServer, documents: dict[str, dict[str, Any]]
+) -> None:
+    """Only a running gateway knows where PBXs reach it: a profile made
+    while none runs gets no guessed address."""
+    server = smtp_server()
+    document = {**documents["registration"], "gateway_addresses": []}
+    await send(SMTPMailer(smtp_settings(server.host, server.port)), document)
+    _, message = server.mailbox.only_message()
+    lines = body_of(message).splitlines()
+    index = lines.index("Register with, and send calls to (registrar and outbound proxy):")
+    assert lines[index + 1] == "  (no gateway is running right now: ask the gateway operator)"
 
 
 def test_a_document_without_the_password_says_so(documents: dict[str, dict[str, Any]]) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
 
 from gateway import profiles
+from gateway.directory import load_directory
 from gateway.errors import (
     CallsUpError,
     ConflictError,
@@ -24,6 +26,7 @@ from gateway.errors import (
 )
 from gateway.mailer import SMTPMailer
 from gateway.models import MAX_BALANCE, CallRecord
+from gateway.nodes import GatewayQueryError
 from gateway.profiles import ProfileView
 from gateway.settings import settings_from_mapping
 from gateway.store import Store
@@ -42,6 +45,10 @@ smtp_server = mail.smtp_server
 
 REALM = shared.REALM
 GATEWAY = ["203.0.113.10:5060"]
+
+
+async def settled(_view: ProfileView, _version: int) -> None:
+    """No gateway runs: nothing to wait for."""
 
 
 async def no_calls(_view: ProfileView) -> int:
@@ -407,11 +414,14 @@ async def test_delete_gives_everything_back(store: Store) -> None:
 
     version = await store.version()
     asked, active = calls(0)
-    report = await profiles.delete_profile(store, "pbx", confirm="pbx", active_calls=active)
+    report = await profiles.delete_profile(
+        store, "pbx", confirm="pbx", active_calls=active, settle=settled
+    )
     assert [v.id for v in asked] == [doomed.id]
     assert report == profiles.DeletionReport(
         name="pbx",
         account="acme",
+        charged=Decimal(0),
         credit_returned=Decimal("42.4242"),
         numbers_released=numbers[:2],
         records_erased=3,
@@ -455,35 +465,125 @@ async def test_delete_needs_confirmation_and_refuses_with_calls_up(store: Store)
     for wrong in ("Sales", "sales ", "", "other"):
         with pytest.raises(ValidationError, match="confirmation does not match"):
             await profiles.delete_profile(
-                store, "sales", account="acme", confirm=wrong, active_calls=no_calls
+                store, "sales", account="acme", confirm=wrong, active_calls=no_calls, settle=settled
             )
     with pytest.raises(ValidationError, match="several accounts"):
-        await profiles.delete_profile(store, "sales", confirm="sales", active_calls=no_calls)
+        await profiles.delete_profile(
+            store, "sales", confirm="sales", active_calls=no_calls, settle=settled
+        )
     with pytest.raises(NotFoundError, match="no profile named 'sales' in account 'nobody'"):
         await profiles.delete_profile(
-            store, "sales", account="nobody", confirm="sales", active_calls=no_calls
+            store, "sales", account="nobody", confirm="sales", active_calls=no_calls, settle=settled
         )
     _, two_up = calls(2)
     with pytest.raises(CallsUpError, match="has 2 calls up: set end_calls") as info:
         await profiles.delete_profile(
-            store, "sales", account="acme", confirm="sales", active_calls=two_up
+            store, "sales", account="acme", confirm="sales", active_calls=two_up, settle=settled
         )
     assert isinstance(info.value, ConflictError)
     assert await store.version() == version, "nothing was written"
     assert await credit_of(store, "sales") == Decimal(4)
     report = await profiles.delete_profile(
-        store, "sales", account="acme", confirm="sales", end_calls=True, active_calls=two_up
+        store,
+        "sales",
+        account="acme",
+        confirm="sales",
+        end_calls=True,
+        active_calls=two_up,
+        settle=settled,
     )
     assert report.calls_up == 2
     assert (report.credit_returned, report.balance) == (Decimal(4), Decimal(10))
     assert [p.account for p in (await profiles.list_profiles(store)).items] == ["other"]
 
 
+async def test_delete_charges_the_calls_it_ends_before_giving_the_credit_back(
+    store: Store,
+) -> None:
+    """Issue 10 (2): the profile is closed first; while the gateways end
+    its calls, they are charged to it (a real call-record writer here), and
+    only what is left goes back to the account; the report says what."""
+    from gateway.cdr import CallRecordEntry, CallRecordWriter, new_record_key
+
+    await acme(store, balance="100")
+    doomed = await profiles.create_profile(store, account="acme", name="s", auth="registration")
+    await profiles.allocate_credit(store, "s", "10")
+    seen: list[int] = []
+
+    async def gateways_end_the_call(view: ProfileView, version: int) -> None:
+        # What a running gateway sees at this version: the profile is gone
+        # from its directory (its calls end), and no credit moves meanwhile.
+        assert version == await store.version()
+        directory = await load_directory(store)
+        assert directory.version == version and directory.profile(view.id) is None
+        with pytest.raises(ConflictError, match="is being deleted"):
+            await profiles.allocate_credit(store, "s", "-1")
+        ended = T0 + timedelta(minutes=3)
+        writer = CallRecordWriter(store, spool_path=None, on_commit=None)
+        writer.submit(
+            CallRecordEntry(
+                record_key=new_record_key(),
+                profile_id=view.id,
+                call_id="ended-by-deletion@pbx",
+                direction="outbound",
+                caller="+441134960000",
+                callee="+14155550123",
+                started_at=T0,
+                answered_at=T0 + timedelta(seconds=5),
+                ended_at=ended,
+                duration_ms=175_000,
+                final_status=200,
+                cost=Decimal("1.2500"),
+            )
+        )
+        await writer.close(5.0)
+        seen.append(view.id)
+
+    _, one_up = calls(1)
+    report = await profiles.delete_profile(
+        store, "s", confirm="s", end_calls=True, active_calls=one_up, settle=gateways_end_the_call
+    )
+    assert seen == [doomed.id]
+    assert (report.charged, report.credit_returned) == (Decimal("1.2500"), Decimal("8.7500"))
+    assert report.balance == Decimal("98.7500") and report.records_erased == 1
+    assert profiles.deletion_document(report)["charged"] == "1.2500"
+    assert (await profiles.get_account(store, "acme")).balance == Decimal("98.7500")
+
+
+async def test_a_deletion_the_gateways_do_not_confirm_leaves_the_money_and_can_go_on(
+    store: Store,
+) -> None:
+    await acme(store, balance="100")
+    await profiles.create_profile(store, account="acme", name="s", auth="registration")
+    await profiles.allocate_credit(store, "s", "10")
+
+    async def busy(view: ProfileView, _version: int) -> None:
+        raise GatewayQueryError("not confirmed")
+
+    with pytest.raises(GatewayQueryError):
+        await profiles.delete_profile(store, "s", confirm="s", active_calls=no_calls, settle=busy)
+    # Nothing given back, the profile closed to calls, and asking again ends it.
+    assert await credit_of(store, "s") == Decimal(10)
+    assert (await load_directory(store)).profile(
+        (await profiles.get_profile(store, "s")).id
+    ) is None
+    report = await profiles.delete_profile(
+        store, "s", confirm="s", active_calls=no_calls, settle=settled
+    )
+    assert (report.charged, report.credit_returned, report.balance) == (
+        Decimal(0),
+        Decimal(10),
+        Decimal(100),
+    )
+
+
 async def test_delete_needs_no_secret_key(store: Store, database_url: str) -> None:
     await acme(store)
     await profiles.create_profile(store, account="acme", name="s", auth="registration")
     async with await Store.open(database_url, realm=REALM) as keyless:
-        report = await profiles.delete_profile(keyless, "s", confirm="s", active_calls=no_calls)
+        report = await profiles.delete_profile(
+            keyless, "s", confirm="s", active_calls=no_calls, settle=settled
+        )
     assert report.name == "s"
 
 
@@ -501,12 +601,12 @@ async def test_delete_races_with_a_credit_move(
         async def move(target: Store, amount: str) -> None:
             try:
                 await profiles.allocate_credit(target, "s", amount)
-            except (NotFoundError, InsufficientFundsError):
+            except (NotFoundError, ConflictError):  # InsufficientFunds; being deleted
                 pass
 
         await asyncio.gather(
             *(move(o, a) for o, a in zip(others, ["10", "-10", "5", "-20"], strict=True)),
-            profiles.delete_profile(store, "s", confirm="s", active_calls=no_calls),
+            profiles.delete_profile(store, "s", confirm="s", active_calls=no_calls, settle=settled),
         )
     finally:
         for opened in others:

@@ -120,7 +120,7 @@ async def test_migration_builds_the_schema_of_the_models(store: Store) -> None:
     async with store.engine.connect() as connection:
         assert await connection.run_sync(_differences) == []
         head = await connection.scalar(text("SELECT version_num FROM alembic_version"))
-    assert head == "0002_credit_history_tokens"
+    assert head == "0003_nodes_and_closing"
 
 
 def _to_revision(connection: Connection, revision: str) -> None:
