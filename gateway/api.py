@@ -506,22 +506,10 @@ async def delete_profile(request: web.Request) -> web.Response:
     admission = request.config_dict[ADMISSION]
 
     store = _store(request)
+    refresh = request.config_dict.get(DIRECTORY_REFRESH)
 
     async def active_calls(view: profiles.ProfileView) -> int:
         return await admission.in_use(view.id)
-
-    async def settle(view: profiles.ProfileView, version: int) -> None:
-        # This node applies the closing at once (others by NOTIFY or poll).
-        refresh = request.config_dict.get(DIRECTORY_REFRESH)
-        if refresh is not None:
-            refresh.set()
-        await nodes.wait_until_settled(
-            store,
-            profile_id=view.id,
-            profile=view.name,
-            version=version,
-            timeout=nodes.SETTLE_TIMEOUT,
-        )
 
     report = await profiles.delete_profile(
         store,
@@ -530,7 +518,8 @@ async def delete_profile(request: web.Request) -> web.Response:
         confirm=query["confirm"],
         end_calls=_flag(query, "end_calls"),
         active_calls=active_calls,
-        settle=settle,
+        # This node applies the closing at once (the others by NOTIFY or poll).
+        settle=nodes.settle_deletion(store, wake=refresh.set if refresh is not None else None),
     )
     return _json(profiles.deletion_document(report))
 

@@ -728,7 +728,7 @@ async def _profile_delete(
         confirm=args.confirm,
         end_calls=args.end_calls,
         active_calls=_active_calls(store, settings),
-        settle=_settle(store),
+        settle=nodes.settle_deletion(store),
     )
     text = _pairs(
         [
@@ -757,19 +757,6 @@ def _active_calls(store: Store, settings: GatewaySettings) -> profiles.ActiveCal
         return await nodes.calls_up(store, account=view.account, profile=view.name)
 
     return count
-
-
-def _settle(store: Store) -> profiles.Settle:
-    async def settle(view: profiles.ProfileView, version: int) -> None:
-        await nodes.wait_until_settled(
-            store,
-            profile_id=view.id,
-            profile=view.name,
-            version=version,
-            timeout=nodes.SETTLE_TIMEOUT,
-        )
-
-    return settle
 
 
 async def _calls_in_redis(settings: GatewaySettings, view: profiles.ProfileView) -> int:

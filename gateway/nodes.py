@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ from sqlalchemy import delete, select, update
 
 from gateway.errors import ProfileError
 from gateway.models import GatewayNode, utcnow
-from gateway.profiles import GATEWAY_TRANSPORTS
+from gateway.profiles import GATEWAY_TRANSPORTS, ProfileView, Settle
 from gateway.store import Store
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "live_nodes",
     "local_url",
     "new_node_id",
+    "settle_deletion",
     "wait_until_settled",
     "withdraw",
 ]
@@ -310,3 +311,19 @@ async def wait_until_settled(
             f" {timeout:g} s by gateway node {', '.join(waiting)}{problem}: the profile takes"
             " no new calls; ask for the deletion again"
         )
+
+
+def settle_deletion(store: Store, *, wake: Callable[[], None] | None = None) -> Settle:
+    """The ``settle`` step of :func:`gateway.profiles.delete_profile` for a
+    front end: :func:`wait_until_settled` for the profile and version, at
+    most :data:`SETTLE_TIMEOUT`; ``wake`` first (the REST API wakes its own
+    node's directory watcher, so it applies the closing at once)."""
+
+    async def settle(view: ProfileView, version: int) -> None:
+        if wake is not None:
+            wake()
+        await wait_until_settled(
+            store, profile_id=view.id, profile=view.name, version=version, timeout=SETTLE_TIMEOUT
+        )
+
+    return settle

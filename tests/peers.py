@@ -322,6 +322,18 @@ def answered_call(
     return to
 
 
+def gateway_ends_call(setup: Setup, call_id: str) -> None:
+    """The gateway ends ``call_id`` itself (credit, deletion...): both sides
+    get its BYE and answer it."""
+    for peer in (setup.carrier, setup.pbx):
+        bye = peer.expect(
+            lambda m: isinstance(m, Request) and m.method == "BYE" and m.call_id == call_id,
+            timeout=10.0,
+        )
+        assert isinstance(bye, Request)
+        peer.send(answer(bye, 200), setup.sip)
+
+
 def pbx_hangs_up(setup: Setup, call_id: str, to: str, cseq: int = 2) -> None:
     setup.pbx.send(from_pbx(setup, "BYE", call_id, to, cseq), setup.sip)
     bye = setup.carrier.request("BYE")

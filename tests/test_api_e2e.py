@@ -36,7 +36,7 @@ from sqlalchemy import text
 
 from gateway.store import Store
 from sip.digest import authorize
-from sip.message import Request, Response
+from sip.message import Response
 from tests import test_store as shared
 from tests.conftest import GatewayHome, free_port
 from tests.peers import (
@@ -48,6 +48,7 @@ from tests.peers import (
     answer,
     answered_call,
     carrier_invite,
+    gateway_ends_call,
     pbx_hangs_up,
     scrape,
     trunk,
@@ -299,12 +300,7 @@ def test_delete_through_the_api_gives_everything_back(home: GatewayHome) -> None
             params={"confirm": "pbx", "end_calls": "true"},
         )
         assert report["calls_up"] == 1 and report["name"] == "pbx"
-        for peer in (setup.pbx, setup.carrier):  # the gateway ends the call: BYE both sides
-            bye = peer.expect(
-                lambda m: isinstance(m, Request) and m.method == "BYE" and m.call_id == "api-up"
-            )
-            assert isinstance(bye, Request)
-            peer.send(answer(bye, 200), setup.sip)
+        gateway_ends_call(setup, "api-up")  # BYE to both sides
         assert api.ok("GET", f"/accounts/{ACCOUNT}/profiles")["total"] == 0
         setup.gateway.assert_idle()
 
@@ -322,12 +318,7 @@ def test_deleting_a_profile_with_a_call_up_charges_the_call_first(home: GatewayH
         answered_call(setup, "doomed")
         time.sleep(1.2)  # the call runs into its second started second
         report = api.ok("DELETE", path, params={"confirm": "pbx", "end_calls": "true"})
-        for peer in (setup.pbx, setup.carrier):  # ended by the gateway: BYE both sides
-            bye = peer.expect(
-                lambda m: isinstance(m, Request) and m.method == "BYE" and m.call_id == "doomed"
-            )
-            assert isinstance(bye, Request)
-            peer.send(answer(bye, 200), setup.sip)
+        gateway_ends_call(setup, "doomed")  # BYE to both sides
         charged = Decimal(report["charged"])
         assert Decimal(2) <= charged < credit, report  # every started second, at 1.0000
         assert report["calls_up"] == 1

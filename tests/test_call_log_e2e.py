@@ -43,6 +43,7 @@ from tests.peers import (
     answer,
     answered_call,
     from_carrier,
+    gateway_ends_call,
     ip_profile_home,
     trunk,
 )
@@ -261,17 +262,6 @@ def assert_one_line(setup: Setup, call_id: str, status: int, reason: str) -> dic
     return line
 
 
-def bye_from_the_gateway(setup: Setup, call_id: str) -> None:
-    """The gateway ends ``call_id`` itself: both sides get its BYE and answer it."""
-    for peer in (setup.carrier, setup.pbx):
-        bye = peer.expect(
-            lambda m: isinstance(m, Request) and m.method == "BYE" and m.call_id == call_id,
-            timeout=10.0,
-        )
-        assert isinstance(bye, Request)
-        peer.send(answer(bye, 200), setup.sip)
-
-
 def test_every_ending_leaves_one_line(gateway_home: GatewayHome) -> None:
     """The carrier hangs up, the carrier is busy, the credit runs out, the
     profile is deleted with a call up: one line each, with its reason."""
@@ -292,7 +282,7 @@ def test_every_ending_leaves_one_line(gateway_home: GatewayHome) -> None:
         gateway_home.cli("rate", "set", "", "60")
         gateway_home.cli("profile", "credit", "pbx", "--account", ACCOUNT, "--withdraw", "999")
         answered_call(setup, "log-credit")
-        bye_from_the_gateway(setup, "log-credit")
+        gateway_ends_call(setup, "log-credit")
         line = assert_one_line(setup, "log-credit", 200, "credit_exhausted")
         assert 0.5 < seconds(line["duration"]) < 2.0, line  # cut 0.2 s early
 
@@ -304,7 +294,7 @@ def test_every_ending_leaves_one_line(gateway_home: GatewayHome) -> None:
             "profile", "delete", "pbx", "--confirm", "pbx", "--end-calls",
             "--account", ACCOUNT, *served,
         )  # fmt: skip
-        bye_from_the_gateway(setup, "log-deleted")
+        gateway_ends_call(setup, "log-deleted")
         assert_one_line(setup, "log-deleted", 200, "profile_deleted")
         assert len(ENDED.findall(setup.gateway.log())) == 4
 

@@ -34,7 +34,6 @@ from gateway.nodes import NodeView, announce
 from gateway.profiles import get_profile
 from gateway.store import Store
 from gateway.tokens import authenticate
-from sip.message import Request
 from tests import test_admission_redis as redis_tests
 from tests import test_cli_profiles as cli
 from tests import test_mailer as mail
@@ -46,7 +45,7 @@ from tests.conftest import (
     gateway_env,
     random_loopback,
 )
-from tests.peers import ACCOUNT, Setup, answer, answered_call, trunk
+from tests.peers import ACCOUNT, answered_call, gateway_ends_call, trunk
 from tests.test_cli_profiles import Run, assert_error, ok_json
 from tests.test_history import T0, insert_records
 
@@ -475,20 +474,9 @@ def test_profile_delete_asks_a_served_gateway(gateway_home: GatewayHome) -> None
             "profile", "delete", "pbx", "--confirm", "pbx", "--end-calls", *served
         )
         assert (report["name"], report["calls_up"]) == ("pbx", 1)
-        assert_call_ended(setup, "delete-me")
+        gateway_ends_call(setup, "delete-me")
         setup.gateway.assert_idle()
         assert "pbx" not in setup.gateway.healthz()["channels"].get(ACCOUNT, {})
-
-
-def assert_call_ended(setup: Setup, call_id: str) -> None:
-    """The gateway's BYE reaches both sides once it has reloaded."""
-    for peer in (setup.carrier, setup.pbx):
-        bye = peer.expect(
-            lambda m: isinstance(m, Request) and m.method == "BYE" and m.call_id == call_id,
-            timeout=10.0,
-        )
-        assert isinstance(bye, Request)
-        peer.send(answer(bye, 200), setup.sip)
 
 
 async def test_profile_delete_counts_calls_in_redis(
