@@ -191,15 +191,17 @@ class CarrierSettings:
 
 
 class RouterObserver(Protocol):
-    """What the router reports as it happens (``gateway.metrics.Metrics``)."""
+    """What the router reports as it happens (``gateway.metrics.Metrics``).
+    A profile is given as its directory entry: counted by its stable id,
+    whatever it is called when the metrics are read."""
 
-    def admission(self, account: str, profile: str, result: str) -> None: ...
+    def admission(self, profile: ProfileEntry, result: str) -> None: ...
 
     def auth_failure(self) -> None: ...
 
     def call_setup_time(self, seconds: float) -> None: ...
 
-    def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None: ...
+    def channel_released(self, profile: ProfileEntry, reason: ReleaseReason) -> None: ...
 
 
 class RecordSink(Protocol):
@@ -209,7 +211,7 @@ class RecordSink(Protocol):
 
 
 class _Unobserved:
-    def admission(self, account: str, profile: str, result: str) -> None:
+    def admission(self, profile: ProfileEntry, result: str) -> None:
         pass
 
     def auth_failure(self) -> None:
@@ -218,7 +220,7 @@ class _Unobserved:
     def call_setup_time(self, seconds: float) -> None:
         pass
 
-    def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None:
+    def channel_released(self, profile: ProfileEntry, reason: ReleaseReason) -> None:
         pass
 
 
@@ -717,7 +719,7 @@ class CallRouter:
     ) -> None:
         """An initial INVITE not admitted: answered here, counted, recorded;
         it never held a channel."""
-        self.observer.admission(call.profile.account, call.profile.name, result)
+        self.observer.admission(call.profile, result)
         self._observe_setup(call)
         call.released = True
         extra = None
@@ -742,7 +744,6 @@ class CallRouter:
         result = await self.admission.acquire(
             call.profile.id, call.call_id, call.profile.channel_limit
         )
-        account, name = call.profile.account, call.profile.name
         if not isinstance(result, Admitted):
             if result.reason is not RejectReason.CHANNEL_LIMIT:
                 # The Call-ID already holds a channel for another profile
@@ -753,7 +754,7 @@ class CallRouter:
             self._refuse(call, request, result.reason.value, 503, CHANNEL_LIMIT_TEXT)
             return
         self.stats.calls_admitted += 1
-        self.observer.admission(account, name, "admitted")
+        self.observer.admission(call.profile, "admitted")
         if call.cancelled:
             self._respond(call.server_tx, request, 487)
             self._release(call, ReleaseReason.CANCEL)
@@ -1111,7 +1112,7 @@ class CallRouter:
         """Free the call's channel (once) and forget the call."""
         if not call.released:
             call.released = True
-            self.observer.channel_released(call.profile.account, call.profile.name, reason)
+            self.observer.channel_released(call.profile, reason)
             self.io.spawn(self._release_channel(call.call_id))
         self._finish(call, reason)
 

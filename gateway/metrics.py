@@ -47,8 +47,6 @@ RELEASE_REASONS = tuple(reason.value for reason in ReleaseReason)
 # a LAN and seconds through a slow carrier.
 #: The labels of every per-profile metric.
 PROFILE = ["account", "profile"]
-#: (account, profile): how the router names a profile to its observer.
-Names = tuple[str, str]
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -110,12 +108,6 @@ class _Tally:
             counts[value] = 1
             self.created[value] = time.time()
 
-    def absorb(self, other: _Tally) -> None:
-        for value, count in other.counts.items():
-            self.counts[value] = self.counts.get(value, 0) + count
-            created = other.created[value]
-            self.created[value] = min(self.created.get(value, created), created)
-
     def render(self, family: CounterMetricFamily, account: str, profile: str) -> None:
         for value, count in self.counts.items():
             family.add_metric([account, profile, value], count, created=self.created[value])
@@ -124,17 +116,11 @@ class _Tally:
 class _ProfileCounts:
     """A profile's admissions and channel releases, whatever its name."""
 
-    __slots__ = ("admissions", "profile_id", "releases")
+    __slots__ = ("admissions", "releases")
 
-    def __init__(self, profile_id: int | None) -> None:
-        #: None: counted under a name no directory held (``Metrics._place``).
-        self.profile_id = profile_id
+    def __init__(self) -> None:
         self.admissions = _Tally()
         self.releases = _Tally()
-
-    def absorb(self, other: _ProfileCounts) -> None:
-        self.admissions.absorb(other.admissions)
-        self.releases.absorb(other.releases)
 
 
 class _CountCollector(Collector):
@@ -172,11 +158,10 @@ class _CountCollector(Collector):
 class Metrics:
     """The gateway's metrics and their registry.
 
-    Admissions and releases are reported by the router under a profile's
-    current (account, profile) names and counted per profile id: one dict
-    lookup binds the names to the profile's counts (``_by_name``, rebuilt
-    when the directory changes), then one dict increment.  Rendering under
-    names happens at scrape time only (:class:`_CountCollector`).
+    Admissions and releases are reported by the router with the profile's
+    directory entry and counted by its id (one dict lookup, one increment);
+    they are put under the profile's names only at scrape time
+    (:class:`_CountCollector`), from the directory of that moment.
     """
 
     def __init__(
@@ -210,18 +195,6 @@ class Metrics:
         r.register(_StateCollector(self))
         #: Per profile id: what is reported, under the directory's names.
         self._counts: dict[int, _ProfileCounts] = {}
-        #: Names → counts for the hot path: the current directory's names,
-        #: the previous directory's names of profiles since renamed or
-        #: deleted (for one more directory), names no directory held.
-        self._by_name: dict[Names, _ProfileCounts] = {}
-        #: The names of the profiles of the directory last indexed.
-        self._current: dict[Names, _ProfileCounts] = {}
-        #: The directory ``_by_name`` was last completed from, if known.
-        self._indexed: Directory | None = None
-        #: Counts under names no directory held, reported under those names.
-        self._unplaced: dict[Names, _ProfileCounts] = {}
-        #: Where late counts of profiles just deleted go: never reported.
-        self._discarded = _ProfileCounts(None)
 
     # -- the router's observer -------------------------------------------------
     def request_received(self, method: str) -> None:
@@ -230,17 +203,11 @@ class Metrics:
     def response_sent(self, status: int) -> None:
         self.responses.labels(str(status)).inc()
 
-    def admission(self, account: str, profile: str, result: str) -> None:
-        counts = self._by_name.get((account, profile))
-        if counts is None:
-            counts = self._place(account, profile)
-        counts.admissions.add(result)
+    def admission(self, profile: ProfileEntry, result: str) -> None:
+        self._of(profile.id).admissions.add(result)
 
-    def channel_released(self, account: str, profile: str, reason: ReleaseReason) -> None:
-        counts = self._by_name.get((account, profile))
-        if counts is None:
-            counts = self._place(account, profile)
-        counts.releases.add(reason.value)
+    def channel_released(self, profile: ProfileEntry, reason: ReleaseReason) -> None:
+        self._of(profile.id).releases.add(reason.value)
 
     def auth_failure(self) -> None:
         self.auth_failures.inc()
@@ -248,73 +215,25 @@ class Metrics:
     def call_setup_time(self, seconds: float) -> None:
         self.call_setup.observe(seconds)
 
+    def _of(self, profile_id: int) -> _ProfileCounts:
+        counts = self._counts.get(profile_id)
+        if counts is None:
+            counts = self._counts[profile_id] = _ProfileCounts()
+        return counts
+
     def profiles_changed(self, profiles: Iterable[ProfileEntry]) -> None:
         """The directory changed (called once the router has applied it,
-        with its ``profiles``): bind their current names to their counts,
-        and forget the counts of profiles that are gone.
-
-        A name the previous directory gave a profile that is now renamed or
-        deleted stays bound for one more directory: to the profile's counts,
-        or, deleted, to counts never reported (an admission in flight when
-        its profile was deleted ends after the change, under the old name).
-        Counts under a name no directory held join the profile that now has
-        that name, or are dropped."""
-        entries = list(profiles)
-        live = {entry.id for entry in entries}
+        with its ``profiles``): the counts of profiles that are gone go too.
+        (A count made for a deleted profile after this, by a call that was
+        still being admitted, is never reported and goes at the next change.)"""
+        live = {entry.id for entry in profiles}
         for profile_id in self._counts.keys() - live:
             del self._counts[profile_id]
-        previous = self._current
-        self._by_name, self._current, self._indexed = {}, {}, None
-        self._discarded = _ProfileCounts(None)
-        self._index(entries)
-        self._unplaced.clear()
-        for names, counts in previous.items():
-            if names not in self._by_name:
-                self._by_name[names] = counts if counts.profile_id in live else self._discarded
 
     def profile_counts(self) -> Iterator[tuple[str, str, _ProfileCounts]]:
         """(account, profile, counts) to report: the current directory's
-        profiles under their names, then names no directory held."""
-        directory = self.directory()
-        self._follow(directory)
-        for entry in directory.profiles():
+        profiles, under their names now."""
+        for entry in self.directory().profiles():
             counts = self._counts.get(entry.id)
             if counts is not None:
                 yield entry.account, entry.name, counts
-        for (account, profile), counts in self._unplaced.items():
-            yield account, profile, counts
-
-    def _index(self, entries: Iterable[ProfileEntry]) -> None:
-        """Bind each profile's current names to its counts (made here: once
-        per profile); counts made under such a name before it was known
-        become the profile's."""
-        for entry in entries:
-            counts = self._counts.get(entry.id)
-            if counts is None:
-                counts = self._counts[entry.id] = _ProfileCounts(entry.id)
-            names = (entry.account, entry.name)
-            unplaced = self._unplaced.pop(names, None)
-            if unplaced is not None:
-                counts.absorb(unplaced)
-            self._by_name[names] = self._current[names] = counts
-
-    def _follow(self, directory: Directory) -> None:
-        """Index ``directory`` if it is not the one last indexed: the
-        router's directory moves before ``profiles_changed`` is called, and
-        the one it starts with is never announced."""
-        if directory is not self._indexed:
-            self._index(directory.profiles())
-            self._indexed = directory
-
-    def _place(self, account: str, profile: str) -> _ProfileCounts:
-        """The counts of names not bound yet (off the hot path: once per
-        profile and directory at most): the current directory's profile of
-        that name, or counts kept and reported under the names themselves,
-        so that nothing counted is lost."""
-        names = (account, profile)
-        self._follow(self.directory())
-        counts = self._by_name.get(names)
-        if counts is None:
-            counts = self._unplaced[names] = _ProfileCounts(None)
-            self._by_name[names] = counts
-        return counts

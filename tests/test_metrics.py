@@ -1,10 +1,10 @@
 """The per-profile counters of ``gateway.metrics.Metrics`` (issue 10, point 4).
 
 ``sipgw_admissions_total`` and ``sipgw_channel_releases_total`` are kept
-per profile id and rendered at scrape time under the profile's current
-names: a rename carries every count over (and back), a deleted profile's
-label sets are gone, and a count under a name no directory holds is
-neither lost nor a crash.  Each test drives the :class:`Metrics` the way
+per profile id (the router reports the profile's directory entry) and
+rendered at scrape time under the profile's current names: a rename
+carries every count over (and back), and a deleted profile's label sets
+are gone.  Each test drives the :class:`Metrics` the way
 ``gateway.app`` does: the router's directory moves first, then
 ``profiles_changed`` is called with the new directory's profiles; the
 exposition is read back with ``prometheus_client.parser``.
@@ -82,14 +82,14 @@ class Gateway:
         return found
 
 
-def calls(gateway: Gateway, account: str, name: str) -> None:
+def calls(gateway: Gateway, entry: ProfileEntry) -> None:
     """Two admitted calls (one hung up, one cancelled), one refused."""
     metrics = gateway.metrics
-    metrics.admission(account, name, "admitted")
-    metrics.admission(account, name, "admitted")
-    metrics.admission(account, name, "channel_limit")
-    metrics.channel_released(account, name, ReleaseReason.BYE)
-    metrics.channel_released(account, name, ReleaseReason.CANCEL)
+    metrics.admission(entry, "admitted")
+    metrics.admission(entry, "admitted")
+    metrics.admission(entry, "channel_limit")
+    metrics.channel_released(entry, ReleaseReason.BYE)
+    metrics.channel_released(entry, ReleaseReason.CANCEL)
 
 
 def counted(name: str, account: str = "acme", admitted: float = 2.0) -> Counts:
@@ -108,17 +108,18 @@ OTHER_SALES = profile(3, "sales", "globex")  # same name, another account
 def test_counts_carry_over_a_rename_and_back() -> None:
     gateway = Gateway()
     gateway.apply(SALES, SUPPORT, OTHER_SALES)
-    calls(gateway, "acme", "sales")
-    calls(gateway, "globex", "sales")  # another account's profile of the same name
-    gateway.metrics.admission("acme", "support", "no_rate")
+    calls(gateway, SALES)
+    calls(gateway, OTHER_SALES)  # another account's profile of the same name
+    gateway.metrics.admission(SUPPORT, "no_rate")
     support = {("sipgw_admissions_total", "acme", "support", "no_rate"): 1.0}
     others = {**counted("sales", "globex"), **support}
     assert gateway.samples() == {**counted("sales"), **others}
     created = gateway.samples("_created")
 
-    gateway.apply(replace(SALES, name="sales2"), SUPPORT, OTHER_SALES)
+    renamed = replace(SALES, name="sales2")
+    gateway.apply(renamed, SUPPORT, OTHER_SALES)
     assert gateway.samples() == {**counted("sales2"), **others}
-    gateway.metrics.admission("acme", "sales2", "admitted")  # counted under the new name
+    gateway.metrics.admission(renamed, "admitted")  # counted under the new name
     assert gateway.samples() == {**counted("sales2", admitted=3.0), **others}
 
     gateway.apply(SALES, SUPPORT, OTHER_SALES)
@@ -130,7 +131,7 @@ def test_counts_carry_over_a_rename_and_back() -> None:
 def test_an_account_rename_carries_the_counts_too() -> None:
     gateway = Gateway()
     gateway.apply(SALES)
-    calls(gateway, "acme", "sales")
+    calls(gateway, SALES)
     gateway.apply(replace(SALES, account="acme-ltd"))
     assert gateway.samples() == counted("sales", "acme-ltd")
 
@@ -138,23 +139,25 @@ def test_an_account_rename_carries_the_counts_too() -> None:
 def test_a_deleted_profile_is_no_longer_reported() -> None:
     gateway = Gateway()
     gateway.apply(SALES, SUPPORT)
-    calls(gateway, "acme", "sales")
-    calls(gateway, "acme", "support")
-    # Deleted with calls up: apply_directory ends them (under the names they
-    # had) after the directory moved and before profiles_changed.
+    calls(gateway, SALES)
+    calls(gateway, SUPPORT)
+    # Deleted with calls up: apply_directory ends them after the directory
+    # moved and before profiles_changed.
     gateway.move(SUPPORT)
-    gateway.metrics.channel_released("acme", "sales", ReleaseReason.PROFILE_DELETED)
+    gateway.metrics.channel_released(SALES, ReleaseReason.PROFILE_DELETED)
     gateway.metrics.profiles_changed(gateway.directory.profiles())
     assert gateway.samples() == counted("support")
     # An admission that was in flight when it was deleted, and its release.
-    gateway.metrics.admission("acme", "sales", "admitted")
-    gateway.metrics.channel_released("acme", "sales", ReleaseReason.CANCEL)
+    gateway.metrics.admission(SALES, "admitted")
+    gateway.metrics.channel_released(SALES, ReleaseReason.CANCEL)
     assert gateway.samples() == counted("support")
-    # A new profile given the old name starts from nothing.
+    # A new profile given the old name starts from nothing, even with the
+    # late counts of the old one not yet forgotten.
     new_sales = profile(4, "sales")
-    gateway.apply(SUPPORT, new_sales)
+    gateway.move(SUPPORT, new_sales)
     assert gateway.samples() == counted("support")
-    gateway.metrics.admission("acme", "sales", "admitted")
+    gateway.metrics.profiles_changed(gateway.directory.profiles())
+    gateway.metrics.admission(new_sales, "admitted")
     admitted = {("sipgw_admissions_total", "acme", "sales", "admitted"): 1.0}
     assert gateway.samples() == {**counted("support"), **admitted}
 
@@ -163,33 +166,26 @@ def test_counts_made_before_the_metrics_hear_of_a_directory() -> None:
     # At start-up the router has its first directory; profiles_changed comes
     # with the first reload only.
     gateway = Gateway(SALES)
-    calls(gateway, "acme", "sales")
+    calls(gateway, SALES)
     assert gateway.samples() == counted("sales")
     # Between the router taking a new directory and profiles_changed, calls
     # already carry the new names.
     gateway.move(replace(SALES, name="sales2"))
-    gateway.metrics.admission("acme", "sales2", "admitted")
+    gateway.metrics.admission(replace(SALES, name="sales2"), "admitted")
     gateway.metrics.profiles_changed(gateway.directory.profiles())
     assert gateway.samples() == counted("sales2", admitted=3.0)
     gateway.apply(SALES)
     assert gateway.samples() == counted("sales", admitted=3.0)
 
 
-def test_a_name_no_directory_holds_is_neither_lost_nor_a_crash() -> None:
+def test_a_profile_no_directory_holds_is_not_reported() -> None:
     gateway = Gateway()
     gateway.apply(SUPPORT)
-    calls(gateway, "acme", "sales")
-    assert gateway.samples() == counted("sales")  # reported under the name it came with
-    # The profile appears under that name: the counts are its own.
+    calls(gateway, SALES)  # an entry of no directory the metrics read
+    assert gateway.samples() == {}
+    gateway.apply(SUPPORT)  # and its counts go with the next change
     gateway.apply(SUPPORT, SALES)
-    assert gateway.samples() == counted("sales")
-    gateway.apply(SUPPORT, replace(SALES, name="sales2"))
-    assert gateway.samples() == counted("sales2")
-    # A name that never becomes a profile's goes at the next change.
-    gateway.metrics.admission("acme", "ghost", "admitted")
-    assert ("sipgw_admissions_total", "acme", "ghost", "admitted") in gateway.samples()
-    gateway.apply(SUPPORT, replace(SALES, name="sales2"))
-    assert gateway.samples() == counted("sales2")
+    assert gateway.samples() == {}
 
 
 def test_the_exposition_keeps_its_names_types_and_labels() -> None:
@@ -201,7 +197,7 @@ def test_the_exposition_keeps_its_names_types_and_labels() -> None:
     for name in ("sipgw_admissions", "sipgw_channel_releases"):
         assert families[name].type == "counter"
         assert families[name].samples == []  # nothing counted yet
-    calls(gateway, "acme", "sales")
+    calls(gateway, SALES)
     lines = generate_latest(gateway.metrics.registry).decode().splitlines()
     assert "# HELP sipgw_admissions_total Admission decisions for initial INVITEs." in lines
     assert "# TYPE sipgw_admissions_total counter" in lines
