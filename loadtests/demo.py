@@ -42,7 +42,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.cli import main as sipgw_main
+from gateway.cli.commands import main as sipgw_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "loadtests" / "sipp"

@@ -4,7 +4,7 @@ Pure functions on messages: checking a request before forwarding (§16.3),
 building the forwarded copy (§16.6: Request-URI, Max-Forwards,
 Record-Route, loose routing, Via), relaying a response (§16.7) and building
 a CANCEL (§9.1).  Who is calling, where to send and whether a channel is
-free are the gateway's business (``gateway.calls``); this module knows only
+free are the gateway's business (``gateway.proxy.router``); this module knows only
 SIP.
 """
 

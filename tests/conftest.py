@@ -40,7 +40,7 @@ from sip.message import Message, Response
 from sip.parser import StreamParser, parse_datagram
 
 if TYPE_CHECKING:
-    from gateway.store import Store
+    from gateway.store.database import Store
     from tests.sipp import SippLauncher
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ REPLY_TIMEOUT = 2.0
 IDLE_TIMEOUT = 5.0
 IDLE_POLL = 0.05
 #: The environment variable holding the Fernet key that encrypts the stored
-#: SIP passwords (``gateway.settings.SECRET_KEY_ENV``).
+#: SIP passwords (``gateway.config.settings.SECRET_KEY_ENV``).
 SECRET_KEY_ENV = "SIPGW_SECRET_KEY"
 
 
@@ -495,7 +495,7 @@ def _in_a_thread(work: Callable[[], T]) -> T:
 def run_in_process(
     args: list[str], *, cwd: Path, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
-    """``sipgw ARGS`` as :func:`gateway.cli.main`, in this process: in
+    """``sipgw ARGS`` as :func:`gateway.cli.commands.main`, in this process: in
     ``cwd``, with ``env`` as the whole environment, standard output and
     error captured as a subprocess's would be (text mode: CRLF read as LF;
     a warning logged with no handler configured written to stderr, as
@@ -506,7 +506,7 @@ def run_in_process(
     does."""
     if _in_event_loop():
         return _in_a_thread(lambda: run_in_process(args, cwd=cwd, env=env))
-    from gateway.cli import main as cli_main
+    from gateway.cli.commands import main as cli_main
 
     out, err = io.StringIO(), io.StringIO()
     last_resort = logging.StreamHandler(err)
@@ -607,8 +607,8 @@ class GatewayHome:
         the service layer the CLI calls, without a subprocess per step (for
         test set-ups; the CLI itself is tested in test_cli_*.py)."""
 
-        from gateway.settings import DEFAULT_REALM
-        from gateway.store import Store
+        from gateway.config.settings import DEFAULT_REALM
+        from gateway.store.database import Store
 
         async def run() -> T:
             store = await Store.open(

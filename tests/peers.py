@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import profiles, rates
-from gateway.store import Store
+from gateway.manage import profiles, rates
+from gateway.store.database import Store
 from sip.message import Message, Request, Response
 from sip.parser import parse_datagram
 from tests.conftest import GatewayHome, ServedGateway, free_port, random_loopback_block

@@ -1,4 +1,4 @@
-"""The REST API (``gateway/api.py``) in process, on SQLite and PostgreSQL.
+"""The REST API (``gateway/web/api/routes.py``) in process, on SQLite and PostgreSQL.
 
 The API's sub-application is mounted in an application holding what the
 gateway's holds (the store, the settings, an in-memory admission
@@ -34,14 +34,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from admission import MemoryAdmission
-from gateway import profiles, tokens
-from gateway.api import API_PREFIX, MAX_BODY, ROUTES, mount_api
-from gateway.app import ADMISSION, DIRECTORY_REFRESH, SETTINGS, STORE, create_app
-from gateway.history import CSV_COLUMNS
-from gateway.mailer import Mailer, SMTPMailer
-from gateway.openapi import openapi_document
-from gateway.settings import GatewaySettings, HostPort
-from gateway.store import Store
+from gateway.config.settings import GatewaySettings, HostPort
+from gateway.manage import profiles, tokens
+from gateway.manage.history import CSV_COLUMNS
+from gateway.manage.mailer import Mailer, SMTPMailer
+from gateway.store.database import Store
+from gateway.web.api.openapi import openapi_document
+from gateway.web.api.routes import API_PREFIX, MAX_BODY, ROUTES, mount_api
+from gateway.web.app import ADMISSION, DIRECTORY_REFRESH, SETTINGS, STORE, create_app
 from tests import test_store as shared
 from tests.conftest import random_loopback
 from tests.test_history import insert_records

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from gateway.store import Store
+from gateway.store.database import Store
 from sip.digest import authorize
 from sip.message import Response
 from tests import test_store as shared

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from gateway import profiles
+from gateway.manage import profiles
 from sip.message import Request, Response
 from tests.conftest import (
     GatewayHome,
@@ -53,8 +53,10 @@ from tests.test_calls_e2e import CALL_TIMEOUT, assert_ok, first, wait_for
 pytestmark = pytest.mark.sipp
 
 OUTBOUND_NUMBER = "+441134960999"
-#: One INFO line of ``gateway.calls`` saying a call ended.
-ENDED = re.compile(r"^\S+ \S+ INFO gateway\.calls: call ended (?P<fields>.*)$", re.MULTILINE)
+#: One INFO line of ``gateway.proxy.router`` saying a call ended.
+ENDED = re.compile(
+    r"^\S+ \S+ INFO gateway\.proxy\.router: call ended (?P<fields>.*)$", re.MULTILINE
+)
 #: ``key=value`` or ``key="quoted value"``.
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 KEYS = ["call_id", "account", "profile", "direction", "status", "duration", "reason"]
@@ -240,11 +242,12 @@ def test_requests_and_responses_are_logged_at_debug(gateway_home: GatewayHome) -
     wait_for(lambda: "response out" in gateway.log(), f"no response line:\n{gateway.log()}")
     log = gateway.log()
     assert (
-        f"DEBUG gateway.calls: request in method=OPTIONS call_id={call_id}"
+        f"DEBUG gateway.proxy.router: request in method=OPTIONS call_id={call_id}"
         f" transport=UDP source={peer}:{port}"
     ) in log, log
     assert (
-        f"DEBUG gateway.calls: response out status=200 method=OPTIONS call_id={call_id}" in log
+        f"DEBUG gateway.proxy.router: response out status=200 method=OPTIONS call_id={call_id}"
+        in log
     ), log
 
 

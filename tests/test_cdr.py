@@ -1,4 +1,4 @@
-"""The call record writer (gateway/cdr.py) against real databases: every
+"""The call record writer (gateway/billing/cdr.py) against real databases: every
 database test runs on a SQLite file and on PostgreSQL.
 
 The outage tests make the database really unavailable in the middle of a
@@ -27,10 +27,10 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.engine import make_url
 
-from gateway import store as store_module
-from gateway.cdr import CallRecordEntry, CallRecordWriter, new_record_key
-from gateway.models import CALL_ID_MAX_LENGTH, PARTY_MAX_LENGTH, Account, CallRecord, Profile
-from gateway.store import Store
+from gateway.billing.cdr import CallRecordEntry, CallRecordWriter, new_record_key
+from gateway.store import database as store_module
+from gateway.store.database import Store
+from gateway.store.models import CALL_ID_MAX_LENGTH, PARTY_MAX_LENGTH, Account, CallRecord, Profile
 from tests import test_store as shared
 from tests.tcp_proxy import TcpProxy
 from tests.test_store import REALM
@@ -83,7 +83,7 @@ def record(
 
 async def make_profiles(store: Store, *credits: str) -> list[int]:
     """An account with one IP profile per credit given; their ids.  Written
-    directly (not through gateway.profiles): the writer only needs rows."""
+    directly (not through gateway.manage.profiles): the writer only needs rows."""
     async with store.write() as session:
         account = Account(name="acme", email="ops@acme.example")
         session.add(account)
@@ -303,7 +303,7 @@ async def test_debits_never_take_the_credit_below_zero(
         record(empty, "0"),
     ):
         writer.submit(entry)
-    with caplog.at_level(logging.WARNING, logger="gateway.cdr"):
+    with caplog.at_level(logging.WARNING, logger="gateway.billing.cdr"):
         async with running(writer):
             await until(lambda: writer.pending == 0, "the batch")
     assert await credits(store) == {rich: D("7.0000"), poor: D("0.0000"), empty: D("0.0000")}
@@ -328,7 +328,7 @@ async def test_records_of_a_deleted_profile_are_discarded(
     writer.submit(record(gone, "1.0000"))
     writer.submit(mine)
     writer.submit(record(gone, "0"))
-    with caplog.at_level(logging.INFO, logger="gateway.cdr"):
+    with caplog.at_level(logging.INFO, logger="gateway.billing.cdr"):
         async with running(writer):
             await until(lambda: writer.pending == 0, "the batch")
     assert await stored_keys(store) == [mine.record_key]
@@ -372,7 +372,7 @@ async def test_a_failing_commit_callback_does_not_rewrite_the_batch(
 
     writer = CallRecordWriter(store, spool_path=None, on_commit=broken)
     writer.submit(record(pbx, "1.0000"))
-    with caplog.at_level(logging.ERROR, logger="gateway.cdr"):
+    with caplog.at_level(logging.ERROR, logger="gateway.billing.cdr"):
         async with running(writer):
             await until(lambda: writer.pending == 0, "the batch")
     assert writer.written == 1
@@ -506,7 +506,7 @@ async def test_no_record_is_lost_when_the_database_goes_away_mid_run(
             await asyncio.sleep(0.005)
 
     loop = asyncio.get_running_loop()
-    with caplog.at_level(logging.DEBUG, logger="gateway.cdr"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.billing.cdr"):
         async with running(writer):
             producer = asyncio.create_task(produce())
             await until(lambda: writer.written >= 50, "records flowing before the outage")

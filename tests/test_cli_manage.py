@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 
 from admission.redis import RedisAdmission
-from gateway.models import TokenRole, utcnow
-from gateway.nodes import NodeView, announce
-from gateway.profiles import get_profile
-from gateway.store import Store
-from gateway.tokens import authenticate
+from gateway.manage.nodes import NodeView, announce
+from gateway.manage.profiles import get_profile
+from gateway.manage.tokens import authenticate
+from gateway.store.database import Store
+from gateway.store.models import TokenRole, utcnow
 from tests import test_admission_redis as redis_tests
 from tests import test_cli_profiles as cli
 from tests import test_mailer as mail

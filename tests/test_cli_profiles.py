@@ -22,11 +22,11 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
-from gateway.cli import NO_GATEWAY
-from gateway.directory import load_directory
-from gateway.profiles import get_profile
-from gateway.settings import SECRET_KEY_ENV
-from gateway.store import Store
+from gateway.cli.commands import NO_GATEWAY
+from gateway.config.settings import SECRET_KEY_ENV
+from gateway.manage.profiles import get_profile
+from gateway.proxy.directory import load_directory
+from gateway.store.database import Store
 from sip.digest import ha1
 from tests import test_store as shared
 from tests.conftest import (
@@ -71,7 +71,7 @@ def sipgw(tmp_path: Path, secret_key: str, database_url: str) -> Run:
     ``database=False``, the command names one, or it is ``serve``.
 
     Management commands run in this process through the console script's
-    entry point (:func:`gateway.cli.main`, see :func:`run_in_process`):
+    entry point (:func:`gateway.cli.commands.main`, see :func:`run_in_process`):
     the same arguments, output and exit status as ``python -m gateway``,
     without half a second of interpreter start and imports per command.
     ``serve`` and ``process=True`` run ``python -m gateway`` in a

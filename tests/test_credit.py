@@ -1,4 +1,4 @@
-"""Credit logic (gateway/credit.py): rating, pricing and the per-profile
+"""Credit logic (gateway/billing/credit.py): rating, pricing and the per-profile
 meter, driven with an explicit clock (no sleeping, no database)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.credit import (
+from gateway.billing.credit import (
     CreditMeter,
     CreditShare,
     billed_seconds,

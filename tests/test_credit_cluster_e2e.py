@@ -1,4 +1,4 @@
-"""Credit shared across the nodes of a cluster (gateway/credit_share.py),
+"""Credit shared across the nodes of a cluster (gateway/cluster/credit_share.py),
 against two served gateways.
 
 Two ``sipgw serve`` nodes share a PostgreSQL database and a Redis
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import profiles, rates
-from gateway.credit_share import DEFAULT_INTERVAL
-from gateway.history import call_history
-from gateway.store import Store
+from gateway.cluster.credit_share import DEFAULT_INTERVAL
+from gateway.manage import profiles, rates
+from gateway.manage.history import call_history
+from gateway.store.database import Store
 from sip.message import Message, Request
 from tests.conftest import free_port, random_loopback_block
 from tests.peers import NUMBER, TIMERS, Peer, Setup, answer, answered_call, scrape

@@ -1,4 +1,4 @@
-"""Credit shared across nodes (gateway/credit_share.py) against a real Redis:
+"""Credit shared across nodes (gateway/cluster/credit_share.py) against a real Redis:
 two exchanges play two nodes, each with a real credit meter behind it.
 
 Redis is found as in test_admission_redis.py (skipped when unreachable,
@@ -16,8 +16,8 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.credit import CreditMeter, CreditShare
-from gateway.credit_share import CreditExchange, decode_share, encode_share
+from gateway.billing.credit import CreditMeter, CreditShare
+from gateway.cluster.credit_share import CreditExchange, decode_share, encode_share
 from tests.tcp_proxy import TcpProxy
 from tests.test_admission_redis import REDIS_URL, prefix  # noqa: F401 - the fixture
 
@@ -213,7 +213,7 @@ async def test_shares_lost_in_redis_are_written_again(
     try:
         await client.delete(f"{prefix}credit:node:{exchange_a.node_id}")  # e.g. a Redis restart
         a.meter.stop("a2", a.now())  # one change: only it would be written
-        with caplog.at_level(logging.WARNING, logger="gateway.credit_share"):
+        with caplog.at_level(logging.WARNING, logger="gateway.cluster.credit_share"):
             await exchange_a.exchange()
         assert "lost in Redis" in caplog.text
         await exchange_a.exchange()
@@ -249,7 +249,7 @@ async def test_rounds_run_in_the_background_and_outlive_a_redis_outage(
         exchange_a.start()
         exchange_b.start()
         await wait_for(lambda: b.remote() is not None, "B hears of A's call")
-        with caplog.at_level(logging.INFO, logger="gateway.credit_share"):
+        with caplog.at_level(logging.INFO, logger="gateway.cluster.credit_share"):
             await proxy.cut()
             cut_at = time.monotonic()
             await wait_for(lambda: b.remote() is None, "B forgets A after a time to live")

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from gateway import profiles
-from gateway.directory import Directory, ProfileEntry, load_directory, watch_directory
-from gateway.store import Store
+from gateway.manage import profiles
+from gateway.proxy.directory import Directory, ProfileEntry, load_directory, watch_directory
+from gateway.store.database import Store
 from sip.digest import ha1
 from tests import test_store as shared
 from tests.test_store import REALM
@@ -203,7 +203,7 @@ async def test_a_changed_realm_without_the_key_is_reported(
 ) -> None:
     sales, _ = await populate(store)
     async with await Store.open(database_url, realm="new.realm") as keyless:
-        with caplog.at_level(logging.WARNING, logger="gateway.directory"):
+        with caplog.at_level(logging.WARNING, logger="gateway.proxy.directory"):
             found = (await load_directory(keyless)).by_username(sales.sip_username)
     assert found is not None
     assert sales.password is not None
@@ -265,7 +265,7 @@ async def test_watcher_survives_a_database_error(
     every poll); the watcher logs once, keeps polling, and applies the
     change once the table is back."""
     applied, _ = watched
-    with caplog.at_level(logging.DEBUG, logger="gateway.directory"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.proxy.directory"):
         async with store.engine.begin() as connection:
             await connection.execute(text("ALTER TABLE directory_version RENAME TO dv_away"))
         await asyncio.sleep(WATCH_INTERVAL * 6)  # several failing polls

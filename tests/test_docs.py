@@ -63,8 +63,8 @@ def test_installing_prints_no_deprecation_warning(tmp_path: Path) -> None:
         (project / package).mkdir()
         (project / package / "__init__.py").touch()
         (project / package / "py.typed").touch()
-    (project / "gateway" / "migrations").mkdir()
-    (project / "gateway" / "migrations" / "script.py.mako").touch()
+    (project / "gateway" / "store" / "migrations").mkdir(parents=True)
+    (project / "gateway" / "store" / "migrations" / "script.py.mako").touch()
     license_field = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
     assert license_field == "Apache-2.0"  # an SPDX expression (PEP 639), not a table
     result = subprocess.run(

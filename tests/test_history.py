@@ -1,4 +1,4 @@
-"""A profile's call history (``gateway/history.py``), on SQLite and PostgreSQL.
+"""A profile's call history (``gateway/manage/history.py``), on SQLite and PostgreSQL.
 
 The records are inserted directly, as the gateway's CDR writer stores
 them; the history is read back as pages and as the CSV report, which is
@@ -16,11 +16,11 @@ from decimal import Decimal
 
 import pytest
 
-from gateway import history, profiles
-from gateway.errors import NotFoundError, ValidationError
-from gateway.history import CSV_COLUMNS, call_history, history_csv, parse_time
-from gateway.models import CallRecord
-from gateway.store import Store
+from gateway.manage import history, profiles
+from gateway.manage.errors import NotFoundError, ValidationError
+from gateway.manage.history import CSV_COLUMNS, call_history, history_csv, parse_time
+from gateway.store.database import Store
+from gateway.store.models import CallRecord
 from tests import test_store as shared
 
 # The store fixtures of tests/test_store.py (SQLite and PostgreSQL), shared.

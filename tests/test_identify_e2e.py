@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway import profiles
-from gateway.store import Store
+from gateway.manage import profiles
+from gateway.store.database import Store
 from sip.message import Request
 from tests.conftest import (
     GatewayHome,

@@ -1,4 +1,4 @@
-"""The credentials e-mail (``gateway/mailer.py``) against a real SMTP server.
+"""The credentials e-mail (``gateway/manage/mailer.py``) against a real SMTP server.
 
 The server is aiosmtpd's ``Controller``: a real SMTP server (RFC 5321, with
 STARTTLS, implicit TLS and AUTH when asked) in a thread, on a random
@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.mailer import MailError, SMTPMailer, credentials_message
-from gateway.settings import ConfigError, SMTPSettings, settings_from_mapping
+from gateway.config.settings import ConfigError, SMTPSettings, settings_from_mapping
+from gateway.manage.mailer import MailError, SMTPMailer, credentials_message
 from tests.conftest import GatewayHome, free_port, random_loopback
 
 ACCOUNT_EMAIL = "pbx-admin@acme.example"

@@ -5,7 +5,7 @@ per profile id (the router reports the profile's directory entry) and
 rendered at scrape time under the profile's current names: a rename
 carries every count over (and back), and a deleted profile's label sets
 are gone.  Each test drives the :class:`Metrics` the way
-``gateway.app`` does: the router's directory moves first, then
+``gateway.web.app`` does: the router's directory moves first, then
 ``profiles_changed`` is called with the new directory's profiles; the
 exposition is read back with ``prometheus_client.parser``.
 """
@@ -19,9 +19,9 @@ from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.calls import ReleaseReason
-from gateway.directory import Directory, ProfileEntry
-from gateway.metrics import Metrics
+from gateway.proxy.directory import Directory, ProfileEntry
+from gateway.proxy.router import ReleaseReason
+from gateway.web.metrics import Metrics
 
 Counts = dict[tuple[str, str, str, str], float]
 

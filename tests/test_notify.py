@@ -7,9 +7,9 @@ import contextlib
 
 import pytest
 
-from gateway import profiles
-from gateway.notify import listen_for_changes
-from gateway.store import Store
+from gateway.manage import profiles
+from gateway.store.database import Store
+from gateway.store.notify import listen_for_changes
 from tests.test_store import REALM, postgres_url  # noqa: F401 - the fixture
 
 WAIT = 10.0  # generous bound for a notification to arrive

@@ -1,4 +1,4 @@
-"""Profile operations of the service layer (``gateway/profiles.py``) with
+"""Profile operations of the service layer (``gateway/manage/profiles.py``) with
 their promised consequences, on SQLite and PostgreSQL: accounts and
 deposits, rename, credit moves (concurrent ones included), numbers,
 deletion, pagination, and the credentials e-mail of a new profile (sent to
@@ -15,21 +15,21 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from gateway import profiles
-from gateway.directory import load_directory
-from gateway.errors import (
+from gateway.config.settings import settings_from_mapping
+from gateway.manage import profiles
+from gateway.manage.errors import (
     CallsUpError,
     ConflictError,
     InsufficientFundsError,
     NotFoundError,
     ValidationError,
 )
-from gateway.mailer import SMTPMailer
-from gateway.models import MAX_BALANCE, CallRecord
-from gateway.nodes import GatewayQueryError
-from gateway.profiles import ProfileView
-from gateway.settings import settings_from_mapping
-from gateway.store import Store
+from gateway.manage.mailer import SMTPMailer
+from gateway.manage.nodes import GatewayQueryError
+from gateway.manage.profiles import ProfileView
+from gateway.proxy.directory import load_directory
+from gateway.store.database import Store
+from gateway.store.models import MAX_BALANCE, CallRecord
 from tests import test_mailer as mail
 from tests import test_store as shared
 from tests.conftest import free_port, random_loopback
@@ -503,7 +503,7 @@ async def test_delete_charges_the_calls_it_ends_before_giving_the_credit_back(
     """Issue 10 (2): the profile is closed first; while the gateways end
     its calls, they are charged to it (a real call-record writer here), and
     only what is left goes back to the account; the report says what."""
-    from gateway.cdr import CallRecordEntry, CallRecordWriter, new_record_key
+    from gateway.billing.cdr import CallRecordEntry, CallRecordWriter, new_record_key
 
     await acme(store, balance="100")
     doomed = await profiles.create_profile(store, account="acme", name="s", auth="registration")

@@ -1,4 +1,4 @@
-"""The rate table (``gateway/rates.py``), on SQLite and PostgreSQL: upsert,
+"""The rate table (``gateway/manage/rates.py``), on SQLite and PostgreSQL: upsert,
 longest-prefix match, the default rate, validation, pagination."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.errors import NotFoundError, ValidationError
-from gateway.rates import delete_rate, list_rates, rate_document, rate_for, set_rate
-from gateway.store import Store
+from gateway.manage.errors import NotFoundError, ValidationError
+from gateway.manage.rates import delete_rate, list_rates, rate_document, rate_for, set_rate
+from gateway.store.database import Store
 from tests import test_store as shared
 
 # The store fixtures of tests/test_store.py (SQLite and PostgreSQL), shared.

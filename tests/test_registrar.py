@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import gateway.registrar as registrar_module
-from gateway.registrar import (
+import gateway.proxy.registrar as registrar_module
+from gateway.proxy.registrar import (
     DEFAULT_Q,
     MAX_CONTACT_LENGTH,
     Binding,

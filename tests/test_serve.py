@@ -181,7 +181,7 @@ def test_healthz(module_gateway: ServedGateway) -> None:
     assert isinstance(body.pop("transactions"), int)
     # What its database holds (GatewayHome.wait_applied relies on it).
     assert isinstance(body.pop("directory_version"), int)
-    # Its id among the running gateways (gateway.nodes): host, pid, random.
+    # Its id among the running gateways (gateway.manage.nodes): host, pid, random.
     assert body.pop("node").split(":")[1] == str(module_gateway.process.pid)
     assert body == {
         "status": "ok",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.advertise import advertised_address, gateway_addresses, needs_advertise
-from gateway.settings import (
+from gateway.config.advertise import advertised_address, gateway_addresses, needs_advertise
+from gateway.config.settings import (
     AdvertisedAddress,
     CallSettings,
     CarrierSettings,
@@ -454,7 +454,7 @@ def _this_host() -> str:
 def test_the_address_given_out(
     listen: list[str], advertise: str, via: str, documents: list[str]
 ) -> None:
-    """gateway.advertise: the one address of Via and Record-Route, and the
+    """gateway.config.advertise: the one address of Via and Record-Route, and the
     addresses of the profile documents, agree."""
     sip = _sip(listen, advertise)
     assert str(advertised_address(sip, sip.listen, _this_host)) == via
@@ -608,7 +608,7 @@ def test_database_and_carrier_overrides(tmp_path: Path) -> None:
 
 
 def test_admission_section_defaults_and_values() -> None:
-    from gateway.settings import AdmissionSettings
+    from gateway.config.settings import AdmissionSettings
 
     assert settings_from_mapping({}).admission == AdmissionSettings()
     chosen = settings_from_mapping(

@@ -29,11 +29,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway import profiles
-from gateway.models import MAX_CHANNELS, Account, Base, Number, Profile
-from gateway.profiles import ConflictError, NotFoundError, ValidationError
-from gateway.settings import SECRET_KEY_ENV, StoreSettings
-from gateway.store import SecretKeyError, Store, StoreError, alembic_config, load_secret_key
+from gateway.config.settings import SECRET_KEY_ENV, StoreSettings
+from gateway.manage import profiles
+from gateway.manage.profiles import ConflictError, NotFoundError, ValidationError
+from gateway.store.database import (
+    SecretKeyError,
+    Store,
+    StoreError,
+    alembic_config,
+    load_secret_key,
+)
+from gateway.store.models import MAX_CHANNELS, Account, Base, Number, Profile
 from sip.auth import Credentials
 from sip.digest import DigestRealm, Verified, authorize, ha1
 

@@ -1,4 +1,4 @@
-"""REST API tokens (``gateway/tokens.py``), on SQLite and PostgreSQL:
+"""REST API tokens (``gateway/manage/tokens.py``), on SQLite and PostgreSQL:
 creation (secret shown once, only its SHA-256 stored), authentication,
 revocation, pagination, and the scoping rule of account managers."""
 
@@ -10,11 +10,9 @@ import re
 import pytest
 from sqlalchemy import select
 
-from gateway import profiles
-from gateway.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from gateway.models import ApiToken, TokenRole
-from gateway.store import Store
-from gateway.tokens import (
+from gateway.manage import profiles
+from gateway.manage.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from gateway.manage.tokens import (
     Principal,
     authenticate,
     create_token,
@@ -24,6 +22,8 @@ from gateway.tokens import (
     token_document,
     visible_account,
 )
+from gateway.store.database import Store
+from gateway.store.models import ApiToken, TokenRole
 from tests import test_store as shared
 
 # The store fixtures of tests/test_store.py (SQLite and PostgreSQL), shared.

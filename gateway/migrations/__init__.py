@@ -1,3 +1,0 @@
-"""Alembic migrations of the gateway's store, run by :mod:`gateway.store`
-itself when the store is opened (no ``alembic.ini``): ``env.py`` takes the
-connection the store hands it in ``config.attributes["connection"]``."""

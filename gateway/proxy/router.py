@@ -1,0 +1,1414 @@
+"""The call router: the transaction user of the gateway's stateful proxy.
+
+Every request is tied to a profile, to the carrier, or refused (identify),
+an initial INVITE takes a channel of its profile (admit), goes to the
+carrier or to the profile's PBX (route), and its channel is freed however
+the call ends.  Every call ends in one place (``_record``), which logs its one
+``call ended`` line at info and hands its record to the writer
+(docs/logging.md).  Registrations go to the registrar.  The SIP mechanics are
+in :mod:`sip.proxy` and :mod:`sip.transaction`; the I/O (sockets, timers,
+tasks) comes through the :class:`CallIO` port that ``gateway.web.app`` provides,
+so the router never touches a socket itself.
+
+Trust (RFC 3261 §22, §26):
+
+* the carrier's configured source addresses are trusted for inbound calls
+  and for in-dialog requests;
+* an IP-authenticated profile is recognised by the UDP source IP *and*
+  port (over TCP by the IP alone: source ports are ephemeral);
+* when both could claim a request, the most specific address wins (see
+  :meth:`CallRouter._identify`): a PBX may share the carrier's host;
+* everyone else must answer a digest challenge: ``401`` for REGISTER,
+  ``407`` for other requests.  An unknown username gets the same answer as
+  a wrong password;
+* in-dialog requests (To tag present) are routed along the route set of a
+  call the gateway admitted (loose routing, §16.4) and are not challenged
+  again; one for a call we do not know is answered ``481``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol
+
+from admission import AdmissionController, Admitted, RejectReason
+from gateway.billing.cdr import CallRecordEntry, new_record_key
+from gateway.billing.credit import CreditMeter, CreditShare, elapsed_ms, longest_prefix_rate
+from gateway.config.settings import canonical_ip
+from gateway.proxy.directory import Directory, ProfileEntry
+from gateway.proxy.registrar import LocationService, build_register_response
+from sip.digest import DigestRealm, Verified, ha1_algorithm
+from sip.errors import ParseError, SIPError
+from sip.headers import Address, Via
+from sip.message import Message, Request, Response, build_response
+from sip.proxy import (
+    ProxyError,
+    build_cancel,
+    check_request,
+    forward_request,
+    make_branch,
+    pop_own_routes,
+    relay_response,
+)
+from sip.session_timer import (
+    MIN_SE_FLOOR,
+    SESSION_REFRESH_METHODS,
+    TooSmall,
+    apply_minimum,
+    session_expires,
+)
+from sip.transaction import (
+    Action,
+    ClientTransaction,
+    DeliverRequest,
+    DeliverResponse,
+    Overload,
+    ServerTransaction,
+    StrayAck,
+    StrayResponse,
+    Terminated,
+    Timeout,
+    TransactionError,
+    TransactionLayer,
+    Transmit,
+    TransportFailure,
+)
+from sip.transport import stateless_tag
+from sip.uri import URI, parse_uri
+
+__all__ = [
+    "Call",
+    "CallIO",
+    "CallRouter",
+    "CarrierSettings",
+    "Hop",
+    "ReleaseReason",
+    "RouterObserver",
+    "RouterStats",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Methods the gateway handles (OPTIONS answer, RFC 3261 §11.2).
+ALLOWED_METHODS = (
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "REGISTER",
+    "UPDATE",
+    "INFO",
+    "PRACK",
+)
+#: Methods that only exist inside a dialog.
+DIALOG_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
+#: Request-URI schemes we can route (RFC 3261 §8.2.2.1, §16.3 step 2; RFC 3966).
+SUPPORTED_URI_SCHEMES = frozenset({"sip", "sips", "tel"})
+#: Body types we accept (RFC 3261 §11.2: Accept in the OPTIONS answer).
+ACCEPTED_BODIES = ("application/sdp",)
+#: Option tags we support (none yet; RFC 3261 §8.2.2.3, §16.3 step 5).
+SUPPORTED_OPTION_TAGS: frozenset[str] = frozenset()
+#: Calls whose end the gateway never sees are cut after this (seconds).
+DEFAULT_MAX_CALL_DURATION = 4 * 3600.0
+#: Warning text of a 503 for a full profile (RFC 3261 §20.43, code 399: miscellaneous).
+CHANNEL_LIMIT_TEXT = "Channel limit reached"
+#: Warning texts of outbound calls refused for money reasons.
+NO_CREDIT_TEXT = "No credit left"
+NO_RATE_TEXT = "No rate for this destination"
+#: Calls are cut this long before the credit would be overdrawn (seconds):
+#: a BYE that leaves late must not start another billed second.
+CREDIT_MARGIN = 0.2
+
+
+class ReleaseReason(StrEnum):
+    """Why a call gave its channel back (a bounded metric label)."""
+
+    BYE = "bye"  # either side hung up
+    CANCEL = "cancel"  # the caller gave up before an answer (RFC 3261 §9)
+    REJECTED = "rejected"  # a final non-2xx answer (busy, declined, ...)
+    NO_ACK = "no_ack"  # a 2xx never acknowledged (RFC 3261 §13.3.1.4)
+    TIMEOUT = "timeout"  # no final answer: Timer B or Timer C (408)
+    UNREACHABLE = "unreachable"  # the next hop could not be reached (503)
+    SESSION_EXPIRED = "session_expired"  # no session refresh (RFC 4028 §8.3)
+    MAX_DURATION = "max_duration"  # the configured maximum call duration
+    PROFILE_DELETED = "profile_deleted"  # its profile was deleted with calls up
+    CREDIT_EXHAUSTED = "credit_exhausted"  # the profile's credit ran out (BYE both sides)
+    SHUTDOWN = "shutdown"  # the gateway stopped (BYE both sides)
+    ERROR = "error"  # the gateway could not forward the INVITE (500)
+
+
+class Hop(NamedTuple):
+    """Where a message goes next: transport and address."""
+
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierSettings:
+    """The upstream carrier: where outbound calls go, whom we trust for inbound."""
+
+    uri: URI | None
+    transport: str = "UDP"
+    sources: tuple[tuple[str, int | None], ...] = ()
+
+    def hop(self) -> Hop | None:
+        if self.uri is None:
+            return None
+        port = self.uri.port or (5061 if self.uri.scheme == "sips" else 5060)
+        return Hop(self.transport.upper(), self.uri.host.strip("[]"), port)
+
+    def trusts(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is the carrier's: a source with that
+        port, or with that host and no port (any port of it)."""
+        host = host.lower()
+        return any(h == host and (p is None or p == port) for h, p in self.sources)
+
+    def trusts_exactly(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is one of the carrier's exact addresses:
+        a source configured with that port, or the carrier URI's own
+        address when its host is trusted (a carrier sends from the address
+        it is reached at, as most SBCs do: symmetric signalling, RFC 3581)."""
+        host = host.lower()
+        if any(h == host and p == port for h, p in self.sources):
+            return True
+        hop = self.hop()
+        return (
+            hop is not None
+            and hop.port == port
+            and (canonical_ip(hop.host) or hop.host.lower()) == host
+            and self.trusts(host, port)
+        )
+
+
+class RouterObserver(Protocol):
+    """What the router reports as it happens (``gateway.web.metrics.Metrics``).
+    A profile is given as its directory entry: counted by its stable id,
+    whatever it is called when the metrics are read."""
+
+    def admission(self, profile: ProfileEntry, result: str) -> None: ...
+
+    def auth_failure(self) -> None: ...
+
+    def call_setup_time(self, seconds: float) -> None: ...
+
+    def channel_released(self, profile: ProfileEntry, reason: ReleaseReason) -> None: ...
+
+
+class RecordSink(Protocol):
+    """Where finished calls' records go (``gateway.billing.cdr.CallRecordWriter``)."""
+
+    def submit(self, entry: CallRecordEntry) -> None: ...
+
+
+class _Unobserved:
+    def admission(self, profile: ProfileEntry, result: str) -> None:
+        pass
+
+    def auth_failure(self) -> None:
+        pass
+
+    def call_setup_time(self, seconds: float) -> None:
+        pass
+
+    def channel_released(self, profile: ProfileEntry, reason: ReleaseReason) -> None:
+        pass
+
+
+class CallIO(Protocol):
+    """What the router needs from the asyncio layer."""
+
+    def now(self) -> float: ...
+
+    def send_response(self, response: Response, source: object) -> None:
+        """Route a response per RFC 3261 §18.2.2 (``source``: the request's)."""
+
+    def send_request(
+        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+    ) -> None:
+        """Send a request; a failure is reported to the transaction layer."""
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Any:
+        """Arm a timer; the result has ``cancel()``."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine in the background (its errors are logged)."""
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Counts for operators (Prometheus arrives with issue 4)."""
+
+    calls_admitted: int = 0
+    calls_rejected_channel_limit: int = 0
+    auth_challenges: int = 0
+    auth_failures: int = 0
+    registrations: int = 0
+    answered_locally: int = 0
+    stray_responses: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One admitted call: it holds a channel of ``profile`` until it ends."""
+
+    call_id: str
+    profile: ProfileEntry
+    direction: str  # "outbound" (PBX → carrier) or "inbound" (carrier → PBX)
+    server_tx: ServerTransaction
+    pbx: Hop  # how the PBX is reached (the flow it uses; RFC 3581 for NAT)
+    invite: Request | None = None  # the INVITE as we forwarded it
+    invite_hop: Hop | None = None
+    carrier_side: Hop | None = None  # the carrier's address in this call
+    carrier_contact: URI | None = None  # the carrier's remote target (Contact)
+    client_tx: ClientTransaction | None = None
+    answered: bool = False
+    confirmed: bool = False
+    final_relayed: bool = False
+    cancelled: bool = False
+    released: bool = False
+    started: float = 0.0  # when the INVITE arrived (call setup time)
+    # The dialog as each side knows it, for the BYEs the gateway itself
+    # sends (RFC 3261 §12.2.1.1, §15.1.1): From/To with tags as the caller
+    # sent them, each side's remote target and highest CSeq seen.
+    caller_from: str = ""
+    callee_to: str = ""
+    caller_contact: URI | None = None
+    callee_contact: URI | None = None
+    caller_cseq: int = 0
+    callee_cseq: int = 0
+    setup_observed: bool = False
+    # The call record (CDR): wall-clock times, the price of an outbound
+    # call's destination, the INVITE's final status.
+    record_key: str = field(default_factory=new_record_key)
+    caller: str = ""
+    callee: str = ""
+    started_at: datetime | None = None
+    answered_mono: float | None = None  # monotonic time of the answer
+    answered_at: datetime | None = None
+    price: Decimal | None = None  # per minute; outbound calls only
+    final_status: int = 0
+    recorded: bool = False
+    timers: list[Any] = field(default_factory=list)
+    session_timer: Any = None  # RFC 4028: when the session expires unless refreshed
+
+
+@dataclass(slots=True, eq=False)
+class _Relay:
+    """A forwarded request: the server transaction its responses go back on."""
+
+    server_tx: ServerTransaction
+    call: Call | None
+    initial_invite: bool
+
+
+class CallRouter:
+    """Identify → admit → route, and free the channel on every ending."""
+
+    def __init__(
+        self,
+        *,
+        layer: TransactionLayer,
+        io: CallIO,
+        directory: Directory,
+        admission: AdmissionController,
+        registrar: LocationService,
+        digest: DigestRealm,
+        carrier: CarrierSettings,
+        own_addresses: Iterable[tuple[str, int]],
+        advertised: tuple[str, int],
+        observer: RouterObserver | None = None,
+        max_call_duration: float = DEFAULT_MAX_CALL_DURATION,
+        min_session_expires: int = MIN_SE_FLOOR,
+        meter: CreditMeter | None = None,
+        records: RecordSink | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.layer = layer
+        self.io = io
+        self.directory = directory
+        self.admission = admission
+        self.registrar = registrar
+        self.digest = digest
+        self.carrier = carrier
+        self.advertised = advertised
+        self._own = {(h.lower().strip("[]"), p) for h, p in own_addresses}
+        self._own.add((advertised[0].lower().strip("[]"), advertised[1]))
+        self.stats = RouterStats()
+        self.observer: RouterObserver = observer if observer is not None else _Unobserved()
+        self.max_call_duration = max_call_duration
+        self.min_session_expires = min_session_expires
+        # Without a meter outbound calls are not charged (unit tests).
+        self.meter = meter
+        self.records = records
+        self.wall_clock = wall_clock
+        self._credit_timers: dict[int, Any] = {}
+        self.calls: dict[str, Call] = {}
+        self._relays: dict[ClientTransaction, _Relay] = {}
+        self._by_server_tx: dict[ServerTransaction, Call] = {}
+        self._unique = itertools.count()
+        self._instance = secrets.token_hex(3)
+
+    @property
+    def tracked(self) -> int:
+        """Entries the router holds for live transactions: 0 when idle, so
+        a number that only grows is a leak an operator can see."""
+        return len(self._relays) + len(self._by_server_tx)
+
+    # -- entry points --------------------------------------------------------
+    def apply_directory(self, new: Directory) -> None:
+        """A new profile directory: renamed or re-limited profiles apply to
+        their live calls at once; a deleted profile loses its registrations
+        and its calls are ended (BYE both sides, or CANCEL and 487 while
+        ringing), which frees their channels."""
+        self.directory = new
+        if self.meter is not None:
+            for profile in new.profiles():
+                self.meter.set_snapshot(profile.id, profile.credit, new.version)
+        gone: set[int] = set()
+        for call in list(self.calls.values()):
+            entry = new.profile(call.profile.id)
+            if entry is not None:
+                call.profile = entry
+            else:
+                gone.add(call.profile.id)
+                self._abort_call(call, "Profile deleted", ReleaseReason.PROFILE_DELETED)
+        for profile_id in self.registrar.profile_ids():
+            if new.profile(profile_id) is None:
+                gone.add(profile_id)
+                self.registrar.remove_profile(profile_id)
+        if gone:
+            logger.info("profiles %s deleted: their calls and registrations are gone", sorted(gone))
+        if self.meter is not None:
+            for profile_id in gone:
+                self.meter.forget(profile_id)
+            # A credit change moves the moment live calls must end.
+            for profile_id in {call.profile.id for call in self.calls.values()}:
+                self._schedule_credit_check(profile_id)
+
+    def end_all_calls(self, why: str = "Gateway shutting down") -> int:
+        """End every call (graceful shutdown): their channels are freed and
+        their records written.  Returns how many there were."""
+        calls = list(self.calls.values())
+        for call in calls:
+            self._abort_call(call, why, ReleaseReason.SHUTDOWN)
+        return len(calls)
+
+    def _abort_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
+        """End a call whatever its state: answered calls get BYE on both
+        sides; unanswered ones are cancelled downstream and answered 487."""
+        if call.released:
+            return
+        if call.answered:
+            self._end_call(call, why, reason)
+            return
+        call.cancelled = True
+        if call.client_tx is None:
+            return  # admission still running: it sees ``cancelled``
+        self._cancel_downstream(call)
+        if not call.final_relayed:
+            self._respond(call.server_tx, call.server_tx.request, 487)
+            call.final_relayed = True
+        self._release(call, reason)
+
+    def on_message(self, message: Message, source: Any, *, reliable: bool) -> None:
+        """A validated message from the transport."""
+        actions = self.layer.receive(message, source, self.io.now(), reliable=reliable)
+        self.run(actions)
+
+    def run(self, actions: list[Action]) -> None:
+        """Carry out what the transaction layer asks."""
+        for action in actions:
+            if isinstance(action, Transmit):
+                tx = action.transaction
+                if isinstance(tx, ServerTransaction):
+                    assert isinstance(action.message, Response)
+                    self.io.send_response(action.message, action.destination)
+                else:
+                    assert isinstance(action.destination, Hop)
+                    assert isinstance(tx, ClientTransaction)
+                    self.io.send_request(action.message, action.destination, tx)
+            elif isinstance(action, DeliverRequest):
+                self._on_request(action.transaction, action.request)
+            elif isinstance(action, DeliverResponse):
+                self._on_response(action.transaction, action.response)
+            elif isinstance(action, StrayAck):
+                self._on_ack(action.request, action.source)
+            elif isinstance(action, Timeout | TransportFailure):
+                self._on_failure(action.transaction, isinstance(action, Timeout))
+            elif isinstance(action, Terminated):
+                self._on_terminated(action.transaction)
+            elif isinstance(action, Overload):
+                response = self._reply(
+                    action.request, 503, extra=[("Retry-After", str(action.retry_after))]
+                )
+                if logger.isEnabledFor(logging.DEBUG):
+                    _debug_response("out", response)
+                self.io.send_response(response, action.source)
+            elif isinstance(action, StrayResponse):
+                # RFC 6026 §7.3 (RFC 3261 §16.7 as updated): drop it.
+                self.stats.stray_responses += 1
+
+    # -- requests ------------------------------------------------------------
+    def _on_request(self, tx: ServerTransaction, request: Request) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_request(request)
+        try:
+            self._dispatch(tx, request)
+        except SIPError as error:
+            self._respond(tx, request, error.status, error.reason)
+
+    def _dispatch(self, tx: ServerTransaction, request: Request) -> None:
+        method = request.method
+        if request.uri.scheme not in SUPPORTED_URI_SCHEMES:
+            self._respond(tx, request, 416)  # RFC 3261 §16.3 step 2, RFC 4475 §3.3.2
+            return
+        unsupported = self._unsupported(request.option_tags("proxy-require"))
+        if unsupported and method != "CANCEL":
+            self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        if method == "CANCEL":
+            self._on_cancel(tx, request)
+        elif request.to.tag is not None:
+            self._in_dialog(tx, request)
+        elif method == "INVITE":
+            self._initial_invite(tx, request)
+        elif method in DIALOG_METHODS:
+            # A request that only exists inside a dialog, without a To tag
+            # (RFC 3261 §12.2.2, §15.1.2).
+            self._respond(tx, request, 481)
+        elif method == "REGISTER":
+            self._register(tx, request)
+        elif method == "OPTIONS" and not request.headers.fields("route"):
+            # A PBX probing its trunk: answered here, whatever the
+            # Request-URI (RFC 3261 §11; RFC 4475 §3.3.11 allows 200 even
+            # at Max-Forwards 0).
+            self._local_options(tx, request)
+        elif request.max_forwards == 0:
+            self._respond(tx, request, 483)
+        else:
+            # RFC 3261 §8.2.1: what we do not implement out of a dialog.
+            self._respond(tx, request, 501, extra=[("Allow", ", ".join(ALLOWED_METHODS))])
+
+    def _unsupported(self, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(t for t in tags if t not in SUPPORTED_OPTION_TAGS))
+
+    def _local_options(self, tx: ServerTransaction, request: Request) -> None:
+        unsupported = self._unsupported(request.option_tags("require"))
+        if unsupported:
+            self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        self.stats.answered_locally += 1
+        self._respond(
+            tx,
+            request,
+            200,
+            extra=[
+                ("Allow", ", ".join(ALLOWED_METHODS)),
+                ("Accept", ", ".join(ACCEPTED_BODIES)),
+                ("Supported", ", ".join(sorted(SUPPORTED_OPTION_TAGS))),
+            ],
+        )
+
+    # -- who is calling ------------------------------------------------------
+    def _identify(self, request: Request) -> ProfileEntry | str | None:
+        """The calling profile, ``"carrier"``, or None after sending nothing
+        (the caller then challenges).
+
+        Trust by network address is local policy (RFC 3261 §26.2: SIP's
+        own means are digest and TLS), so the policy is stated here: the
+        most specific address wins.
+
+        1. The carrier's exact addresses (:meth:`CarrierSettings.trusts_exactly`):
+           the operator's configuration outranks a profile given the same
+           address (by mistake, or to take the carrier's traffic: every
+           inbound call would become an outbound call billed to it).
+        2. An IP profile's UDP source IP *and* port: a PBX sends from the
+           port it is configured with (symmetric signalling, RFC 3581).  It
+           wins over a carrier trusted by its host alone, which only says
+           "any port of this host": a PBX may share the carrier's address
+           (one box, one NAT address) and its calls are then outbound ones,
+           not inbound calls to the number it dials (``404``).
+        3. The carrier's host, any port.
+        4. Over TCP, the IP alone of the one IP profile that has it (source
+           ports are ephemeral, RFC 3261 §18.1.1): the least specific.
+
+        In-dialog requests are told apart the same way (:meth:`_from_pbx`).
+        """
+        source = request.source
+        assert source is not None
+        transport, host, port = source
+        if self.carrier.trusts_exactly(host, port):
+            return "carrier"
+        entry = self.directory.by_source(transport, host, port)
+        if entry is not None and transport.upper() == "UDP":
+            return entry  # UDP matches IP and port (Directory.by_source)
+        if self.carrier.trusts(host, port):
+            return "carrier"
+        return entry
+
+    def _authenticate(self, tx: ServerTransaction, request: Request) -> ProfileEntry | None:
+        """Digest authentication (RFC 3261 §22.2, §22.3); answers the
+        challenge itself and returns None when the request does not pass."""
+        register = request.method == "REGISTER"
+        credentials = request.authorization if register else request.proxy_authorization
+        now = self.io.now()
+        stale = False
+        for cred in credentials:
+            if cred.scheme.lower() != "digest" or cred.realm != self.digest.realm:
+                continue
+            entry = self.directory.by_username(cred.username or "")
+            if entry is not None and entry.auth_mode != "registration":
+                entry = None
+            algorithm = ha1_algorithm(cred)
+            stored = entry.ha1.get(algorithm) if entry is not None and algorithm else None
+            verdict = self.digest.verify(
+                cred, method=request.method, ha1=stored, now=now, request_uri=request.uri_text
+            )
+            if isinstance(verdict, Verified) and entry is not None:
+                return entry
+            stale = not isinstance(verdict, Verified) and verdict.stale
+            self.stats.auth_failures += 1
+            self.observer.auth_failure()
+            break
+        self.stats.auth_challenges += 1
+        status = 401 if register else 407
+        header = "WWW-Authenticate" if register else "Proxy-Authenticate"
+        challenges = self.digest.challenge(now, stale=stale)
+        self._respond(tx, request, status, extra=[(header, str(c)) for c in challenges])
+        return None
+
+    # -- registrations (RFC 3261 §10.3) -----------------------------------------
+    def _register(self, tx: ServerTransaction, request: Request) -> None:
+        caller = self._identify(request)
+        if caller == "carrier" or isinstance(caller, ProfileEntry):
+            # IP-authenticated peers do not register (and must not hijack
+            # a registration profile's bindings by their address).
+            self._respond(tx, request, 403, "IP-authenticated peers do not register")
+            return
+        if request.to.uri.scheme not in ("sip", "sips"):
+            self._respond(tx, request, 400, "Address-of-record must be a SIP URI")
+            return
+        entry = self._authenticate(tx, request)
+        if entry is None:
+            return
+        unsupported = self._unsupported(request.option_tags("require"))
+        if unsupported:
+            self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        source = request.source
+        assert source is not None
+        outcome = self.registrar.register(entry.id, request, source, self.io.now())
+        if outcome.status == 200:
+            self.stats.registrations += 1
+        response = build_register_response(request, outcome, stateless_tag(request))
+        self._send(tx, response)
+
+    # -- initial INVITE ------------------------------------------------------
+    def _initial_invite(self, tx: ServerTransaction, request: Request) -> None:
+        if request.call_id in self.calls:
+            # RFC 3261 §8.2.2.2: a second INVITE for a call in progress.
+            self._respond(tx, request, 482, "Merged Request")
+            return
+        # RFC 3261 §16.3: Max-Forwards (step 3) and loops (step 4) are
+        # checked before Proxy-Authorization (step 6).
+        check_request(request, self._is_own_via)
+        caller = self._identify(request)
+        if caller is None:
+            caller = self._authenticate(tx, request)
+            if caller is None:
+                return
+        if caller == "carrier":
+            self._inbound(tx, request)
+        else:
+            assert isinstance(caller, ProfileEntry)
+            self._outbound(tx, request, caller)
+
+    def _outbound(self, tx: ServerTransaction, request: Request, profile: ProfileEntry) -> None:
+        carrier_hop = self.carrier.hop()
+        if carrier_hop is None or self.carrier.uri is None:
+            self._respond(tx, request, 503, "No carrier configured")
+            return
+        target = self.carrier.uri.replace(user=request.uri.user)
+        source = request.source
+        assert source is not None
+        pbx = Hop(source[0], source[1], source[2])
+        self._admit_and_forward(
+            tx,
+            request,
+            profile=profile,
+            direction="outbound",
+            pbx=pbx,
+            target=target,
+            hop=carrier_hop,
+        )
+
+    def _inbound(self, tx: ServerTransaction, request: Request) -> None:
+        number = request.uri.user or ""
+        profile = self.directory.by_number(number)
+        if profile is None:
+            self._respond(tx, request, 404, "Number not assigned")
+            return
+        if profile.auth_mode == "ip":
+            assert profile.ip is not None and profile.port is not None
+            hop = Hop("UDP", profile.ip, profile.port)
+            host = f"[{profile.ip}]" if ":" in profile.ip else profile.ip
+            target = parse_uri(f"sip:{number}@{host}:{profile.port}")
+        else:
+            bindings = self.registrar.targets(profile.id, self.io.now())
+            if not bindings:
+                self._respond(tx, request, 480, "No registered PBX")
+                return
+            binding = bindings[0]
+            transport, host, port = binding.source
+            hop = Hop(transport, host, port)
+            target = binding.target_uri
+        self._admit_and_forward(
+            tx, request, profile=profile, direction="inbound", pbx=hop, target=target, hop=hop
+        )
+
+    def _admit_and_forward(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        *,
+        profile: ProfileEntry,
+        direction: str,
+        pbx: Hop,
+        target: URI,
+        hop: Hop,
+    ) -> None:
+        if self._session_interval_refused(tx, request):
+            return
+        call = Call(request.call_id, profile, direction, tx, pbx, started=self.io.now())
+        call.started_at = self.wall_clock()
+        call.caller = request.from_.uri.user or str(request.from_.uri)
+        call.callee = request.uri.user or str(request.uri)
+        source = request.source
+        assert source is not None
+        call.carrier_side = hop if direction == "outbound" else Hop(*source[:3])
+        call.caller_from = request.headers.get("from") or ""
+        call.caller_contact = _contact_uri(request)
+        call.caller_cseq = request.cseq.number
+        if direction == "inbound":
+            call.carrier_contact = _contact_uri(request)
+        # Registered before the (possibly asynchronous) admission, so that a
+        # merged INVITE or a CANCEL arriving meanwhile finds it.
+        self.calls[call.call_id] = call
+        self._by_server_tx[tx] = call
+        self.io.spawn(self._admit(call, request, target, hop))
+
+    def _refuse(
+        self,
+        call: Call,
+        request: Request,
+        result: str,
+        status: int,
+        text: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        """An initial INVITE not admitted: answered here, counted, recorded;
+        it never held a channel."""
+        self.observer.admission(call.profile, result)
+        self._observe_setup(call)
+        call.released = True
+        extra = None
+        if text is not None:
+            extra = [
+                ("Warning", f'399 {self._host_port()} "{text}"'),
+                ("Reason", f'SIP;cause={status};text="{text}"'),
+            ]
+        self._respond(call.server_tx, request, status, reason, extra=extra)
+        self._finish(call, result)
+
+    async def _admit(self, call: Call, request: Request, target: URI, hop: Hop) -> None:
+        if call.direction == "outbound" and self.meter is not None:
+            # Credit is checked before a channel is taken (issue 5: 402).
+            call.price = longest_prefix_rate(self.directory.rates, call.callee)
+            if call.price is None:
+                self._refuse(call, request, "no_rate", 403, NO_RATE_TEXT)
+                return
+            if not self.meter.has_credit(call.profile.id, self.io.now()):
+                self._refuse(call, request, "no_credit", 402, NO_CREDIT_TEXT)
+                return
+        result = await self.admission.acquire(
+            call.profile.id, call.call_id, call.profile.channel_limit
+        )
+        if not isinstance(result, Admitted):
+            if result.reason is not RejectReason.CHANNEL_LIMIT:
+                # The Call-ID already holds a channel for another profile
+                # (a hairpin through the gateway): RFC 3261 §8.2.2.2.
+                self._refuse(call, request, result.reason.value, 482, reason="Merged Request")
+                return
+            self.stats.calls_rejected_channel_limit += 1
+            self._refuse(call, request, result.reason.value, 503, CHANNEL_LIMIT_TEXT)
+            return
+        self.stats.calls_admitted += 1
+        self.observer.admission(call.profile, "admitted")
+        if call.cancelled:
+            self._respond(call.server_tx, request, 487)
+            self._release(call, ReleaseReason.CANCEL)
+            return
+        forwarded = forward_request(
+            request,
+            via=self._via(request, hop.transport),
+            target=target,
+            record_route=Address.build(self._record_route_uri()),
+        )
+        call.invite = forwarded
+        call.invite_hop = hop
+        try:
+            client_tx, actions = self.layer.send_request(
+                forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
+            )
+        except TransactionError as error:
+            self._respond(call.server_tx, request, 500, error.reason)
+            self._release(call, ReleaseReason.ERROR)
+            return
+        call.client_tx = client_tx
+        self._relays[client_tx] = _Relay(call.server_tx, call, initial_invite=True)
+        # Timer C (RFC 3261 §16.6 step 11): a call may ring only so long.
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_c, lambda: self._timer_c(call)
+            )
+        )
+        self.run(actions)
+
+    def _timer_c(self, call: Call) -> None:
+        if call.final_relayed or call.released:
+            return
+        self._cancel_downstream(call)
+        self._respond(call.server_tx, call.server_tx.request, 408)
+        call.final_relayed = True
+        self._release(call, ReleaseReason.TIMEOUT)
+
+    # -- CANCEL (RFC 3261 §16.10) ----------------------------------------------
+    def _on_cancel(self, tx: ServerTransaction, cancel: Request) -> None:
+        invite_tx = self.layer.cancelled_transaction(cancel)
+        if invite_tx is None:
+            self._respond(tx, cancel, 481)
+            return
+        self._respond(tx, cancel, 200)
+        call = self._by_server_tx.get(invite_tx)
+        if call is None or call.final_relayed:
+            return
+        call.cancelled = True
+        if call.client_tx is None:
+            return  # admission still running: it sees ``cancelled``
+        self._cancel_downstream(call)
+        # If the far end never answers the CANCEL, end the call ourselves.
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_b, lambda: self._cancel_expired(call)
+            )
+        )
+
+    def _cancel_downstream(self, call: Call) -> None:
+        if call.invite is None or call.invite_hop is None or call.answered:
+            return
+        cancel = build_cancel(call.invite)
+        try:
+            _, actions = self.layer.send_request(
+                cancel, call.invite_hop, self.io.now(), reliable=call.invite_hop.transport == "TCP"
+            )
+        except TransactionError:
+            return
+        self.run(actions)
+
+    def _cancel_expired(self, call: Call) -> None:
+        if call.final_relayed or call.released:
+            return
+        self._respond(call.server_tx, call.server_tx.request, 487)
+        call.final_relayed = True
+        self._release(call, ReleaseReason.CANCEL)
+
+    # -- responses -------------------------------------------------------------
+    def _on_response(self, tx: ClientTransaction, response: Response) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_response("in", response)
+        relay = self._relays.get(tx)
+        if relay is None:
+            return
+        status = response.status
+        if status == 100:
+            return  # RFC 3261 §16.7 step 5: a 100 Trying is not forwarded
+        try:
+            relay_response(response)
+        except (ProxyError, ParseError):
+            return
+        call = relay.call
+        if relay.initial_invite and call is not None:
+            self._observe_setup(call)
+        if relay.initial_invite and call is not None and status >= 200:
+            first_final = not call.final_relayed
+            call.final_relayed = True
+            call.final_status = status
+            if status < 300:
+                if not call.answered:
+                    self._answered(call)
+                call.answered = True
+                if call.direction == "outbound" and call.carrier_contact is None:
+                    call.carrier_contact = _contact_uri(response)
+                if first_final:
+                    call.callee_to = response.headers.get("to") or ""
+                    call.callee_contact = _contact_uri(response)
+                    self._expect_ack(call)
+                    self._session_refreshed(call, response)
+                    call.timers.append(
+                        self.io.call_at(
+                            self.io.now() + self.max_call_duration,
+                            lambda: self._end_call(
+                                call, "Maximum call duration", ReleaseReason.MAX_DURATION
+                            ),
+                        )
+                    )
+            elif first_final:
+                reason = ReleaseReason.CANCEL if call.cancelled else ReleaseReason.REJECTED
+                self._release(call, reason)
+        elif (
+            call is not None
+            and 200 <= status < 300
+            and response.cseq.method in SESSION_REFRESH_METHODS
+        ):
+            self._session_refreshed(call, response)
+        self._send(relay.server_tx, response)
+
+    # -- session timers (RFC 4028) ------------------------------------------------
+    def _session_interval_refused(self, tx: ServerTransaction, request: Request) -> bool:
+        """Apply our minimum session interval to a session refresh request
+        (RFC 4028 §8.1); True when the request was answered here (400 for a
+        malformed Session-Expires or Min-SE, 422 asking for a longer one)."""
+        try:
+            verdict = apply_minimum(request, self.min_session_expires)
+        except ParseError as error:
+            self._respond(tx, request, 400, error.reason)
+            return True
+        if isinstance(verdict, TooSmall):
+            self._respond(tx, request, 422, extra=[("Min-SE", str(verdict.min_se))])
+            return True
+        return False
+
+    def _session_refreshed(self, call: Call, response: Response) -> None:
+        """A 2xx to the INVITE or to a refresh (re-INVITE, UPDATE) states the
+        session interval; no Session-Expires means no session timer (RFC
+        4028 §8.2, §7.2).  The maximum call duration applies either way."""
+        if call.released or not call.answered:
+            return
+        try:
+            expires = session_expires(response)
+        except ParseError:
+            return  # a malformed answer changes nothing
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
+        if expires is None:
+            return
+        # Never sooner than our minimum, whatever a peer states: a session
+        # we drop is a call we stop counting.
+        interval = max(expires.interval, self.min_session_expires)
+        call.session_timer = self.io.call_at(
+            self.io.now() + interval, lambda: self._session_expired(call)
+        )
+
+    def _session_expired(self, call: Call) -> None:
+        """No refresh within the interval: the session is over.  A proxy
+        frees what it holds but must not send BYE (RFC 4028 §8.3); the user
+        agents send it (§10), and any later request of the dialog gets 481."""
+        if call.released:
+            return
+        logger.debug("call %s: session expired without a refresh, channel freed", call.call_id)
+        self._release(call, ReleaseReason.SESSION_EXPIRED)
+
+    def _observe_setup(self, call: Call) -> None:
+        """Call setup time: INVITE in → first ringing, answer or final out."""
+        if not call.setup_observed:
+            call.setup_observed = True
+            self.observer.call_setup_time(self.io.now() - call.started)
+
+    def _expect_ack(self, call: Call) -> None:
+        """A 2xx never acknowledged frees its channel (RFC 3261 §13.3.1.4:
+        the UAS gives up after 64*T1)."""
+
+        def check() -> None:
+            if not call.confirmed and not call.released:
+                logger.debug("call %s: 2xx never acknowledged, channel freed", call.call_id)
+                self._release(call, ReleaseReason.NO_ACK)
+
+        call.timers.append(self.io.call_at(self.io.now() + self.layer.settings.timer_h, check))
+
+    def _on_failure(self, tx: Any, timeout: bool) -> None:
+        if not isinstance(tx, ClientTransaction):
+            return  # Timer H on a server transaction: the upstream ACK never came
+        relay = self._relays.get(tx)
+        if relay is None:
+            return
+        call = relay.call
+        if relay.initial_invite and call is not None:
+            if call.final_relayed:
+                return
+            call.final_relayed = True
+            call.final_status = 408 if timeout else 503
+            self._release(call, ReleaseReason.TIMEOUT if timeout else ReleaseReason.UNREACHABLE)
+        status = 408 if timeout else 503
+        reason = "Request Timeout" if timeout else "Next hop unreachable"
+        self._respond(relay.server_tx, relay.server_tx.request, status, reason)
+
+    def _on_terminated(self, tx: Any) -> None:
+        if isinstance(tx, ClientTransaction):
+            self._relays.pop(tx, None)
+        elif isinstance(tx, ServerTransaction):
+            # Only a live INVITE server transaction can be CANCELled
+            # (RFC 3261 §9.2), so its call entry goes with it.
+            self._by_server_tx.pop(tx, None)
+
+    # -- in-dialog requests (RFC 3261 §12.2, §16.4) ---------------------------------
+    def _dialog_call(self, request: Request) -> Call | None:
+        return self.calls.get(request.call_id)
+
+    def _from_pbx(self, request: Request, call: Call) -> bool:
+        """Whether an in-dialog request comes from the profile's PBX (else
+        from the carrier side).  Most specific first, as in :meth:`_identify`:
+        the PBX's own flow (where its INVITE came from, or where we sent
+        the INVITE to it) is the PBX's, even on the carrier's host.  Else,
+        on an outbound call, the request is the carrier's (its next hop may
+        send from another address than the one we sent to); on an inbound
+        call, a trusted carrier address is the carrier's and anything else
+        the PBX's (a registered PBX may send from another port than the one
+        it registered from)."""
+        source = request.source
+        assert source is not None
+        host, port = source[1].lower(), source[2]
+        if (host, port) == (call.pbx.host.lower(), call.pbx.port):
+            return True
+        if call.direction == "outbound":
+            return False
+        return not self.carrier.trusts(host, port)
+
+    def _from_caller(self, request: Request, call: Call) -> bool:
+        return self._from_pbx(request, call) == (call.direction == "outbound")
+
+    def _end_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
+        """End a call ourselves: BYE to both sides (RFC 3261 §15.1.1, with a
+        Reason, RFC 3326) and free the channel."""
+        if call.released or not call.answered or call.invite_hop is None:
+            return
+        logger.debug("call %s: %s, sending BYE to both sides", call.call_id, why)
+        caller_hop = call.pbx if call.direction == "outbound" else call.carrier_side
+        legs = (
+            (
+                call.callee_contact,
+                call.caller_from,
+                call.callee_to,
+                call.caller_cseq,
+                call.invite_hop,
+            ),
+            (call.caller_contact, call.callee_to, call.caller_from, call.callee_cseq, caller_hop),
+        )
+        for target, from_, to, cseq, hop in legs:
+            if target is None or hop is None:
+                continue
+            bye = Request("BYE", target)
+            for name, value in (
+                ("From", from_),
+                ("To", to),
+                ("Call-ID", call.call_id),
+                ("CSeq", f"{cseq + 1} BYE"),
+                ("Max-Forwards", "70"),
+                ("Reason", f'SIP;cause=200;text="{why}"'),
+                ("Content-Length", "0"),
+            ):
+                bye.headers.add(name, value)
+            bye.push_via(self._via(bye, hop.transport))
+            try:
+                _, actions = self.layer.send_request(
+                    bye, hop, self.io.now(), reliable=hop.transport == "TCP"
+                )
+            except TransactionError:
+                continue
+            self.run(actions)
+        self._release(call, reason)
+
+    def _next_hop(self, request: Request, call: Call) -> Hop:
+        """Towards the PBX: the flow we know (RFC 3581, NAT).  Towards the
+        carrier: the next Route, else the Request-URI; a peer that ignored
+        our Record-Route and addressed the gateway itself gets the carrier
+        side of the call."""
+        if not self._from_pbx(request, call):
+            return call.pbx
+        routes = request.routes
+        uri = routes[0].uri if routes else request.uri
+        if self._is_own_uri(uri) and call.carrier_side is not None:
+            if not routes and call.carrier_contact is not None:
+                request.uri = call.carrier_contact  # the remote target (RFC 3261 §12.2.1.1)
+            return call.carrier_side
+        transport = (uri.param("transport") or "udp").upper()
+        uri_port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return Hop(transport, uri.host.strip("[]"), uri_port)
+
+    def _in_dialog(self, tx: ServerTransaction, request: Request) -> None:
+        call = self._dialog_call(request)
+        if call is None:
+            self._respond(tx, request, 481)
+            return
+        if request.max_forwards == 0:
+            self._respond(tx, request, 483)
+            return
+        if request.method in SESSION_REFRESH_METHODS and self._session_interval_refused(
+            tx, request
+        ):
+            return
+        if self._from_caller(request, call):
+            call.caller_cseq = max(call.caller_cseq, request.cseq.number)
+        else:
+            call.callee_cseq = max(call.callee_cseq, request.cseq.number)
+        pop_own_routes(request, self._is_own_uri)
+        hop = self._next_hop(request, call)
+        forwarded = forward_request(request, via=self._via(request, hop.transport))
+        if request.method == "BYE":
+            self._release(call, ReleaseReason.BYE)
+        try:
+            client_tx, actions = self.layer.send_request(
+                forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
+            )
+        except TransactionError as error:
+            self._respond(tx, request, 500, error.reason)
+            return
+        self._relays[client_tx] = _Relay(tx, call, initial_invite=False)
+        self.run(actions)
+
+    def _on_ack(self, ack: Request, source: Any) -> None:
+        """The ACK of a 2xx: its own transaction-less request, forwarded
+        statelessly along the route set (RFC 3261 §16.11, §13.2.2.4)."""
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_request(ack)
+        call = self._dialog_call(ack)
+        if call is None:
+            return
+        call.confirmed = True
+        if ack.max_forwards == 0:
+            return
+        pop_own_routes(ack, self._is_own_uri)
+        hop = self._next_hop(ack, call)
+        # A stateless branch: the same for every retransmission of this ACK.
+        branch = make_branch(ack, "a" + (ack.top_via.branch or "")[-12:])
+        via = Via(
+            hop.transport, self.advertised[0], self.advertised[1], {"branch": branch, "rport": None}
+        )
+        self.io.send_request(forward_request(ack, via=via), hop, None)
+
+    # -- channels ---------------------------------------------------------------
+    def _release(self, call: Call, reason: ReleaseReason) -> None:
+        """Free the call's channel (once) and forget the call."""
+        if not call.released:
+            call.released = True
+            self.observer.channel_released(call.profile, reason)
+            self.io.spawn(self._release_channel(call.call_id))
+        self._finish(call, reason)
+
+    async def _release_channel(self, call_id: str) -> None:
+        await self.admission.release(call_id)
+
+    def _finish(self, call: Call, reason: str) -> None:
+        """The call is over (``reason``: a :class:`ReleaseReason`, or the
+        admission result of a call refused before it held a channel)."""
+        cost = Decimal(0)
+        if call.answered_mono is not None and self.meter is not None and call.price is not None:
+            cost = self.meter.stop(call.record_key, self.io.now())
+            self._schedule_credit_check(call.profile.id)
+        self._record(call, cost, reason)
+        for timer in call.timers:
+            timer.cancel()
+        call.timers.clear()
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+
+    # -- credit and call records ---------------------------------------------------
+    def _answered(self, call: Call) -> None:
+        """The callee answered: an outbound call starts spending credit at
+        its destination's price, and every call of its profile may now
+        have to end sooner (they share the credit)."""
+        now = self.io.now()
+        call.answered_mono = now
+        call.answered_at = self.wall_clock()
+        if self.meter is not None and call.price is not None:
+            self.meter.start(call.profile.id, call.record_key, call.price, now)
+            self._schedule_credit_check(call.profile.id)
+
+    def _schedule_credit_check(self, profile_id: int) -> None:
+        """(Re)arm the credit timer of a profile with live charged calls at
+        a cheap lower bound of the moment they spend it (O(1) per call
+        event); the exact moment is worked out when that timer fires."""
+        timer = self._credit_timers.pop(profile_id, None)
+        if timer is not None:
+            timer.cancel()
+        if self.meter is None:
+            return
+        now = self.io.now()
+        when = self.meter.safe_until(profile_id, now)
+        if when is None:
+            return
+        self._credit_timers[profile_id] = self.io.call_at(
+            max(now, when - CREDIT_MARGIN), lambda: self._credit_check_due(profile_id)
+        )
+
+    def _credit_check_due(self, profile_id: int) -> None:
+        """The cheap bound is reached: find the exact moment the credit is
+        spent and end the calls just before it."""
+        self._credit_timers.pop(profile_id, None)
+        if self.meter is None:
+            return
+        now = self.io.now()
+        when = self.meter.exhausted_at(profile_id, now)
+        if when is None:
+            return
+        if when - CREDIT_MARGIN <= now:
+            self._credit_exhausted(profile_id)
+            return
+        self._credit_timers[profile_id] = self.io.call_at(
+            when - CREDIT_MARGIN, lambda: self._credit_exhausted(profile_id)
+        )
+
+    def _credit_exhausted(self, profile_id: int) -> None:
+        """The credit is spent: every charged call of the profile ends, BYE
+        to both sides; the cost is debited when the records are written."""
+        self._credit_timers.pop(profile_id, None)
+        charged = [
+            call
+            for call in self.calls.values()
+            if call.profile.id == profile_id and call.answered_mono is not None and call.price
+        ]
+        for call in charged:
+            self._end_call(call, "Credit exhausted", ReleaseReason.CREDIT_EXHAUSTED)
+        if charged:
+            # One line for the profile (an operator tops it up), beside each
+            # call's own "call ended ... reason=credit_exhausted".
+            profile = charged[0].profile
+            logger.info(
+                "credit exhausted account=%s profile=%s calls_ended=%d",
+                _log_value(profile.account),
+                _log_value(profile.name),
+                len(charged),
+            )
+
+    # -- credit across the nodes of a cluster (gateway.cluster.credit_share) -----------------
+    def credit_shares(self, clock_offset: float) -> dict[int, CreditShare]:
+        """What this node's calls spend, per profile that spends anything,
+        for the other nodes (answer times on the shared clock, ``now +
+        clock_offset``)."""
+        if self.meter is None:
+            return {}
+        return self.meter.local_shares(clock_offset)
+
+    def apply_remote_credit(
+        self, profile_id: int, share: CreditShare | None, clock_offset: float
+    ) -> None:
+        """What the profile's calls on the other nodes spend, summed (None:
+        nothing, or nothing known any more): admission counts it from now
+        on, and this node's calls of the profile may have to end sooner."""
+        if self.meter is None:
+            return
+        if share is None:
+            self.meter.clear_remote(profile_id)
+        else:
+            self.meter.set_remote(profile_id, share, clock_offset=clock_offset, now=self.io.now())
+        self._schedule_credit_check(profile_id)
+
+    def _record(self, call: Call, cost: Decimal, reason: str) -> None:
+        """The call's end, once per call: its line in the log (the first
+        ending wins, as for the release metric) and its record to the
+        writer.  One line per record: what an operator greps for is what
+        the history downloads."""
+        if call.recorded:
+            return
+        call.recorded = True
+        duration = 0
+        if call.answered_mono is not None:
+            duration = elapsed_ms(call.answered_mono, self.io.now())
+        status = call.final_status or (200 if call.answered_mono is not None else 500)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "call ended call_id=%s account=%s profile=%s direction=%s status=%d"
+                " duration=%d.%03ds reason=%s",
+                _log_value(call.call_id),
+                _log_value(call.profile.account),
+                _log_value(call.profile.name),
+                call.direction,
+                status,
+                duration // 1000,
+                duration % 1000,
+                _log_value(reason),
+            )
+        if self.records is None or call.started_at is None:
+            return
+        try:
+            entry = CallRecordEntry(
+                record_key=call.record_key,
+                profile_id=call.profile.id,
+                call_id=call.call_id,
+                direction=call.direction,
+                caller=call.caller,
+                callee=call.callee,
+                started_at=call.started_at,
+                answered_at=call.answered_at,
+                ended_at=self.wall_clock(),
+                duration_ms=duration,
+                final_status=status,
+                cost=cost,
+            )
+        except ValueError as error:  # never lose the call over a bad field
+            logger.error("call %s: no record: %s", call.call_id, error)
+            return
+        self.records.submit(entry)
+
+    # -- helpers -------------------------------------------------------------------
+    def _host_port(self) -> str:
+        host, port = self.advertised
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _record_route_uri(self) -> str:
+        return f"sip:{self._host_port()};lr"
+
+    def _via(self, request: Request, transport: str) -> Via:
+        unique = f"{self._instance}{next(self._unique):x}"
+        host, port = self.advertised
+        return Via(transport, host, port, {"branch": make_branch(request, unique), "rport": None})
+
+    def _is_own_uri(self, uri: URI) -> bool:
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return (uri.host.lower().strip("[]"), port) in self._own
+
+    def _is_own_via(self, via: Via) -> bool:
+        return (via.host.lower().strip("[]"), via.port or 5060) in self._own
+
+    def _reply(
+        self,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        *,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        """A response of ours, with a stable To tag (RFC 3261 §8.2.6.2)."""
+        return build_response(request, status, reason, to_tag=stateless_tag(request), extra=extra)
+
+    def _respond(
+        self,
+        tx: ServerTransaction,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        *,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self._send(tx, self._reply(request, status, reason, extra=extra))
+
+    def _send(self, tx: ServerTransaction, response: Response) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            _debug_response("out", response)
+        if response.status >= 200:
+            call = self._by_server_tx.get(tx)
+            if call is not None and call.server_tx is tx and not call.final_status:
+                call.final_status = response.status
+        try:
+            actions = self.layer.send_response(tx, response, self.io.now())
+        except TransactionError:
+            # The server transaction is gone or past its final answer: a
+            # late 2xx is still forwarded, statelessly (RFC 3261 §16.7 step 9).
+            if response.is_success:
+                self.io.send_response(response, tx.destination)
+            return
+        self.run(actions)
+
+
+def _contact_uri(message: Message) -> URI | None:
+    """The first Contact URI of a message, if it has a usable one."""
+    try:
+        contacts = message.contacts
+        return contacts[0].uri if contacts and not contacts[0].star else None
+    except ParseError:
+        return None
+
+
+# -- the log (docs/logging.md) ------------------------------------------------------
+def _log_value(text: str) -> str:
+    """A value of a ``key=value`` log line: as it is when it is a plain
+    word, else in double quotes with ``"`` and ``\\`` escaped and control
+    characters as ``\\uXXXX``, so that a line splits back into its fields
+    and no value (a Call-ID, a profile name) can forge a line."""
+    if text and all(c.isprintable() and c not in _NEEDS_QUOTES for c in text):
+        return text
+    escaped = "".join(_escaped(c) for c in text)
+    return f'"{escaped}"'
+
+
+#: Printable characters that still make a log value quoted.
+_NEEDS_QUOTES = frozenset(' "=\\')
+
+
+def _escaped(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    if c.isprintable():
+        return c
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
+def _source(message: Message) -> tuple[str, str]:
+    """The transport and ``host:port`` a message came from."""
+    if message.source is None:
+        return "-", "-"
+    transport, host, port = message.source[:3]
+    return transport, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _debug_request(request: Request) -> None:
+    """One line per request handed to the router (retransmissions are
+    absorbed by their transactions first)."""
+    transport, source = _source(request)
+    logger.debug(
+        "request in method=%s call_id=%s transport=%s source=%s",
+        _log_value(request.method),
+        _log_value(request.call_id),
+        transport,
+        source,
+    )
+
+
+def _debug_response(way: str, response: Response) -> None:
+    """One line per response: ``in`` from downstream, ``out`` towards the
+    request's sender (relayed or our own)."""
+    try:
+        method = response.cseq.method
+    except ParseError:
+        method = "-"
+    if way == "in":
+        transport, source = _source(response)
+        logger.debug(
+            "response in status=%d method=%s call_id=%s transport=%s source=%s",
+            response.status,
+            _log_value(method),
+            _log_value(response.call_id),
+            transport,
+            source,
+        )
+    else:
+        logger.debug(
+            "response out status=%d method=%s call_id=%s",
+            response.status,
+            _log_value(method),
+            _log_value(response.call_id),
+        )

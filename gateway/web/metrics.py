@@ -1,0 +1,239 @@
+"""Prometheus metrics: what operators watch (served at ``GET /metrics``).
+
+Two kinds, in the client_python style (docs/content/collector/custom.md):
+
+* counters and a histogram updated as things happen (SIP traffic,
+  authentication failures, call setup time);
+* custom collectors that render at scrape time under the profile
+  directory's current names: the state read then (channels in use, channel
+  limit, credit, live registrations per profile), and the admissions and
+  channel releases counted per profile *id* as they happen.  A renamed
+  profile's counts carry on under its new name (and back), and a deleted
+  profile simply stops being reported.
+
+Label values stay bounded: account and profile names (one pair per
+profile: names are unique within an account only), SIP methods
+(known ones, anything else is ``other``), response codes (100–699).  No
+Call-ID, number or address is ever a label.  Each application has its own
+registry, no module-level state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.proxy.directory import Directory, ProfileEntry
+from gateway.proxy.router import ReleaseReason
+
+__all__ = ["ADMISSION_RESULTS", "KNOWN_METHODS", "Metrics"]
+
+#: Methods reported by name; any other method counts as "other".
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "UPDATE", "INFO",
+        "PRACK", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PUBLISH",
+    }
+)  # fmt: skip
+#: Every result an admission can have, as labelled.
+ADMISSION_RESULTS = ("admitted", "channel_limit", "call_id_in_use", "no_credit", "no_rate")
+#: Every reason a channel can be given back for.
+RELEASE_REASONS = tuple(reason.value for reason in ReleaseReason)
+# Call setup (INVITE in → first ringing/answer/final out) is milliseconds on
+# a LAN and seconds through a slow carrier.
+#: The labels of every per-profile metric.
+PROFILE = ["account", "profile"]
+SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the directory, the admission counts
+    snapshot and the registrar."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        m = self._metrics
+        in_use = GaugeMetricFamily(
+            "sipgw_channels_in_use", "Calls holding a channel of the profile.", labels=PROFILE
+        )
+        limit = GaugeMetricFamily(
+            "sipgw_channel_limit", "Most concurrent calls the profile may hold.", labels=PROFILE
+        )
+        registered = GaugeMetricFamily(
+            "sipgw_registrations", "Live registration bindings of the profile.", labels=PROFILE
+        )
+        credit = GaugeMetricFamily(
+            "sipgw_profile_credit",
+            "Credit of the profile as last committed to the database (before live calls).",
+            labels=PROFILE,
+        )
+        counts = m.channel_counts
+        registrations = m.registration_counts()
+        for entry in m.directory().profiles():
+            labels = [entry.account, entry.name]
+            in_use.add_metric(labels, counts.get(entry.id, 0))
+            limit.add_metric(labels, entry.channel_limit)
+            credit.add_metric(labels, float(entry.credit))
+            if entry.auth_mode == "registration":
+                registered.add_metric(labels, registrations.get(entry.id, 0))
+        yield in_use
+        yield limit
+        yield credit
+        yield registered
+
+
+class _Tally:
+    """One profile's counts of one counter, by label value (admission
+    result, release reason), and when each value was first counted: the
+    counter's ``_created``, which stays put across renames (Prometheus reads
+    a new creation time as a reset)."""
+
+    __slots__ = ("counts", "created")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.created: dict[str, float] = {}
+
+    def add(self, value: str) -> None:
+        counts = self.counts
+        if value in counts:
+            counts[value] += 1
+        else:
+            counts[value] = 1
+            self.created[value] = time.time()
+
+    def render(self, family: CounterMetricFamily, account: str, profile: str) -> None:
+        for value, count in self.counts.items():
+            family.add_metric([account, profile, value], count, created=self.created[value])
+
+
+class _ProfileCounts:
+    """A profile's admissions and channel releases, whatever its name."""
+
+    __slots__ = ("admissions", "releases")
+
+    def __init__(self) -> None:
+        self.admissions = _Tally()
+        self.releases = _Tally()
+
+
+class _CountCollector(Collector):
+    """``sipgw_admissions_total`` and ``sipgw_channel_releases_total``,
+    rendered at scrape time from the counts kept per profile id, under the
+    names the profile has in the current directory."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "sipgw_admissions", "Admission decisions for initial INVITEs.",
+                labels=[*PROFILE, "result"],
+            ),
+            CounterMetricFamily(
+                "sipgw_channel_releases", "Channels given back, by why the call ended.",
+                labels=[*PROFILE, "reason"],
+            ),
+        )  # fmt: skip
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        admissions, releases = self._families()
+        for account, profile, counts in self._metrics.profile_counts():
+            counts.admissions.render(admissions, account, profile)
+            counts.releases.render(releases, account, profile)
+        yield admissions
+        yield releases
+
+
+class Metrics:
+    """The gateway's metrics and their registry.
+
+    Admissions and releases are reported by the router with the profile's
+    directory entry and counted by its id (one dict lookup, one increment);
+    they are put under the profile's names only at scrape time
+    (:class:`_CountCollector`), from the directory of that moment.
+    """
+
+    def __init__(
+        self,
+        directory: Callable[[], Directory],
+        registration_counts: Callable[[], dict[int, int]],
+    ) -> None:
+        self.directory = directory
+        self.registration_counts = registration_counts
+        self.channel_counts: dict[int, int] = {}  # refreshed before each scrape
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sipgw_sip_requests_received", "SIP requests received.", ["method"], registry=r
+        )
+        self.responses = Counter(
+            "sipgw_sip_responses_sent", "SIP responses sent (retransmissions included).",
+            ["code"], registry=r,
+        )  # fmt: skip
+        r.register(_CountCollector(self))
+        self.auth_failures = Counter(
+            "sipgw_auth_failures",
+            "Digest credentials that did not verify (wrong password, unknown user, stale).",
+            registry=r,
+        )
+        self.call_setup = Histogram(
+            "sipgw_call_setup_seconds",
+            "INVITE received to first ringing, answer or final response sent.",
+            buckets=SETUP_BUCKETS, registry=r,
+        )  # fmt: skip
+        r.register(_StateCollector(self))
+        #: Per profile id: what is reported, under the directory's names.
+        self._counts: dict[int, _ProfileCounts] = {}
+
+    # -- the router's observer -------------------------------------------------
+    def request_received(self, method: str) -> None:
+        self.requests.labels(method if method in KNOWN_METHODS else "other").inc()
+
+    def response_sent(self, status: int) -> None:
+        self.responses.labels(str(status)).inc()
+
+    def admission(self, profile: ProfileEntry, result: str) -> None:
+        self._of(profile.id).admissions.add(result)
+
+    def channel_released(self, profile: ProfileEntry, reason: ReleaseReason) -> None:
+        self._of(profile.id).releases.add(reason.value)
+
+    def auth_failure(self) -> None:
+        self.auth_failures.inc()
+
+    def call_setup_time(self, seconds: float) -> None:
+        self.call_setup.observe(seconds)
+
+    def _of(self, profile_id: int) -> _ProfileCounts:
+        counts = self._counts.get(profile_id)
+        if counts is None:
+            counts = self._counts[profile_id] = _ProfileCounts()
+        return counts
+
+    def profiles_changed(self, profiles: Iterable[ProfileEntry]) -> None:
+        """The directory changed (called once the router has applied it,
+        with its ``profiles``): the counts of profiles that are gone go too.
+        (A count made for a deleted profile after this, by a call that was
+        still being admitted, is never reported and goes at the next change.)"""
+        live = {entry.id for entry in profiles}
+        for profile_id in self._counts.keys() - live:
+            del self._counts[profile_id]
+
+    def profile_counts(self) -> Iterator[tuple[str, str, _ProfileCounts]]:
+        """(account, profile, counts) to report: the current directory's
+        profiles, under their names now."""
+        for entry in self.directory().profiles():
+            counts = self._counts.get(entry.id)
+            if counts is not None:
+                yield entry.account, entry.name, counts
