@@ -1,5 +1,5 @@
 """``python -m gateway``: the same as the ``sipgw`` command."""
 
-from gateway.cli.commands import main
+from gateway.cli import main
 
 raise SystemExit(main())

@@ -117,6 +117,9 @@ class Message:
         self.source: tuple[str, str, int] | None = None
 
     # -- structured access (RFC 3261 §20) ------------------------------------
+    # Each header has one parse method, which checks it, caches what it
+    # parses on the field and returns it; the properties read through them
+    # and :meth:`validate` calls them in the order errors are reported.
     def _single(self, key: str, what: str) -> Field:
         fields = self.headers.fields(key)
         if not fields:
@@ -131,41 +134,87 @@ class Message:
             raise ParseError(f"Duplicate {what}")
         return fields[0] if fields else None
 
-    @property
-    def call_id(self) -> str:
+    def _parse_call_id(self) -> str:
         value = self._single("call-id", "Call-ID").value
         if not value or " " in value or "\t" in value:
             raise ParseError("Bad Call-ID")
         return value
 
-    @property
-    def cseq(self) -> CSeq:
+    def _parse_cseq(self) -> CSeq:
         f = self._single("cseq", "CSeq")
         parsed = f.parsed
         if parsed is None:
             parsed = f.parsed = parse_cseq(f.value)
         return parsed  # type: ignore[no-any-return]
 
-    def _address(self, key: str, what: str) -> Address:
+    def _parse_address(self, key: str, what: str) -> Address:
         f = self._single(key, what)
         parsed = f.parsed
         if parsed is None:
             parsed = f.parsed = parse_address(f.value, what)
         return parsed  # type: ignore[no-any-return]
 
-    @property
-    def from_(self) -> Address:
-        return self._address("from", "From")
-
-    @property
-    def to(self) -> Address:
-        return self._address("to", "To")
-
     def _via_values(self, f: Field) -> list[Via]:
         parsed = f.parsed
         if parsed is None:
             parsed = f.parsed = [parse_via(v) for v in split_list(f.value)]
         return parsed  # type: ignore[no-any-return]
+
+    def _parse_vias(self) -> list[Via]:
+        out: list[Via] = []
+        for f in self.headers.fields("via"):
+            out.extend(self._via_values(f))
+        if not out:
+            raise ParseError("Missing Via")
+        return out
+
+    def _parse_contacts(self) -> list[Address]:
+        contacts = self._address_list("contact", "Contact")
+        # RFC 3261 §10.2.2: "*" only alone (the length test first: one
+        # Contact is the common case and cannot mix).
+        if len(contacts) > 1 and any(c.star for c in contacts):
+            raise ParseError("Contact * mixed with other contacts")
+        return contacts
+
+    def _parse_max_forwards(self) -> int | None:
+        f = self._optional_single("max-forwards", "Max-Forwards")
+        if f is None:
+            return None
+        value = f.value
+        # Max-Forwards = 1*DIGIT, 0..255 (RFC 3261 §20.22); leading zeros are
+        # legal (RFC 4475 §3.1.1.1), the length bound keeps int() cheap.
+        if not value.isdigit() or not value.isascii() or len(value) > 10 or int(value) > 255:
+            raise ParseError("Bad Max-Forwards")
+        return int(value)
+
+    def _parse_content_length(self) -> int | None:
+        f = self._optional_single("content-length", "Content-Length")
+        if f is None:
+            return None
+        value = f.value
+        if not value.isdigit() or not value.isascii() or len(value) > 10:
+            raise ParseError("Bad Content-Length")
+        return int(value)
+
+    def _parse_delta_seconds(self, key: str, what: str) -> int | None:
+        f = self._optional_single(key, what)
+        return None if f is None else parse_delta_seconds(f.value, what)
+
+    @property
+    def call_id(self) -> str:
+        return self._parse_call_id()
+
+    @property
+    def cseq(self) -> CSeq:
+        return self._parse_cseq()
+
+    @property
+    def from_(self) -> Address:
+        return self._parse_address("from", "From")
+
+    @property
+    def to(self) -> Address:
+        return self._parse_address("to", "To")
 
     @property
     def top_via(self) -> Via:
@@ -177,12 +226,7 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        out: list[Via] = []
-        for f in self.headers.fields("via"):
-            out.extend(self._via_values(f))
-        if not out:
-            raise ParseError("Missing Via")
-        return out
+        return self._parse_vias()
 
     def push_via(self, via: Via) -> None:
         """Put ``via`` on top (RFC 3261 §16.6 step 8)."""
@@ -229,10 +273,7 @@ class Message:
     @property
     def contacts(self) -> list[Address]:
         """Contact values; ``[Address(star=True)]`` for ``Contact: *``."""
-        contacts = self._address_list("contact", "Contact")
-        if any(c.star for c in contacts) and len(contacts) > 1:
-            raise ParseError("Contact * mixed with other contacts")
-        return contacts
+        return self._parse_contacts()
 
     @property
     def routes(self) -> list[Address]:
@@ -244,25 +285,11 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        f = self._optional_single("max-forwards", "Max-Forwards")
-        if f is None:
-            return None
-        value = f.value
-        # Max-Forwards = 1*DIGIT, 0..255 (RFC 3261 §20.22); leading zeros are
-        # legal (RFC 4475 §3.1.1.1), the length bound keeps int() cheap.
-        if not value.isdigit() or not value.isascii() or len(value) > 10 or int(value) > 255:
-            raise ParseError("Bad Max-Forwards")
-        return int(value)
+        return self._parse_max_forwards()
 
     @property
     def content_length(self) -> int | None:
-        f = self._optional_single("content-length", "Content-Length")
-        if f is None:
-            return None
-        value = f.value
-        if not value.isdigit() or not value.isascii() or len(value) > 10:
-            raise ParseError("Bad Content-Length")
-        return int(value)
+        return self._parse_content_length()
 
     @property
     def content_type(self) -> str | None:
@@ -277,13 +304,11 @@ class Message:
 
     @property
     def expires(self) -> int | None:
-        f = self._optional_single("expires", "Expires")
-        return None if f is None else parse_delta_seconds(f.value, "Expires")
+        return self._parse_delta_seconds("expires", "Expires")
 
     @property
     def min_expires(self) -> int | None:
-        f = self._optional_single("min-expires", "Min-Expires")
-        return None if f is None else parse_delta_seconds(f.value, "Min-Expires")
+        return self._parse_delta_seconds("min-expires", "Min-Expires")
 
     def _credentials(self, key: str) -> list[Credentials]:
         out: list[Credentials] = []
@@ -326,8 +351,22 @@ class Message:
         raise NotImplementedError
 
     def validate(self) -> None:
-        """Check the headers this element relies on; raise :class:`ParseError`."""
+        """Parse the headers this element relies on; raise :class:`ParseError`.
+
+        What is parsed stays cached on the fields, so the reads that follow
+        (router, transactions) cost nothing more.
+        """
         raise NotImplementedError
+
+    def _parse_mandatory(self) -> CSeq:
+        """The headers every message carries (RFC 3261 §8.1.1, §8.2.6.2): at
+        least one Via, and From, To, Call-ID and CSeq once each; returns the
+        CSeq, which a request's method must match."""
+        self._parse_vias()
+        self._parse_address("from", "From")
+        self._parse_address("to", "To")
+        self._parse_call_id()
+        return self._parse_cseq()
 
     def set_body(self, body: bytes, content_type: str | None = None) -> None:
         """Replace the body and keep Content-Length (and Content-Type) right."""
@@ -422,28 +461,23 @@ class Request(Message):
         Mandatory headers present once (Call-ID, CSeq, From, To) and
         parseable, at least one Via, CSeq method equal to the request method,
         Request-URI well formed without headers (RFC 3261 §19.1.1 Table 1),
-        numeric headers in range, Contact parseable.  Max-Forwards may be
-        missing (RFC 2543 peers, RFC 4475 §3.4.1).
+        numeric headers in range, Contact and Route parseable, Date an
+        RFC 1123 date.  Max-Forwards may be missing (RFC 2543 peers, RFC 4475
+        §3.4.1).  The checks run in this order, which decides the reason
+        given for a message with several faults.
         """
-        if self._uri is None:
-            self.uri  # noqa: B018 - parse now
         uri = self.uri
         if uri.is_sip and uri.headers:
             raise ParseError("Headers not allowed in Request-URI")
-        self.vias  # noqa: B018
-        self.from_  # noqa: B018
-        self.to  # noqa: B018
-        self.call_id  # noqa: B018
-        if self.cseq.method != self.method:
+        if self._parse_mandatory().method != self.method:
             raise ParseError("CSeq method does not match request method")
-        self.max_forwards  # noqa: B018
-        self.content_length  # noqa: B018
-        self.expires  # noqa: B018
-        for contact in self.contacts:
+        self._parse_max_forwards()
+        self._parse_content_length()
+        self._parse_delta_seconds("expires", "Expires")
+        for contact in self._parse_contacts():
             if not contact.star:
-                contact.uri  # noqa: B018
-                contact.expires  # noqa: B018
-        self.routes  # noqa: B018
+                _parse_contact(contact)
+        self._address_list("route", "Route")
         date = self.headers.get("date")
         if date is not None and not _RFC1123_DATE.match(date):
             # RFC 3261 §20.17: SIP-date is rfc1123-date, always in GMT.
@@ -493,12 +527,14 @@ class Response(Message):
 
     def validate(self) -> None:
         """Check what a client transaction or proxy relies on."""
-        self.vias  # noqa: B018
-        self.from_  # noqa: B018
-        self.to  # noqa: B018
-        self.call_id  # noqa: B018
-        self.cseq  # noqa: B018
-        self.content_length  # noqa: B018
+        self._parse_mandatory()
+        self._parse_content_length()
+
+
+def _parse_contact(contact: Address) -> tuple[URI, int | None]:
+    """What a registrar or proxy takes from one Contact: its URI (cached on
+    the address) and its ``expires`` parameter (RFC 3261 §10.2.1, §20.10)."""
+    return contact.uri, contact.expires
 
 
 def safe_reason(text: str) -> str:

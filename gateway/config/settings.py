@@ -326,36 +326,94 @@ class CarrierSource(NamedTuple):
 class CarrierSettings:
     """The ``[carrier]`` section: where outbound calls go (``uri``, None when
     no carrier is configured: outbound calls are then refused) and whose
-    requests are trusted as inbound calls.
+    requests are trusted as inbound calls (:meth:`trusts`,
+    :meth:`trusts_exactly`; the call router asks them per request).
 
     Equality compares the URI by its text: :class:`sip.uri.URI` compares by
-    identity, and two loads of one file must give equal settings.
+    identity, and two loads of one file must give equal settings.  What the
+    call path asks is worked out once, here (the ``_`` fields): a request
+    costs a set and a dict lookup, not an address parse.
     """
 
     uri: URI | None = None
     transport: str = "udp"
-    sources: tuple[CarrierSource, ...] = ()
+    #: (host, port) pairs; kept as :class:`CarrierSource`, whatever is given.
+    sources: tuple[tuple[str, int | None], ...] = ()
+    # Derived in __post_init__ from the fields above (no part of equality).
+    _trusted: tuple[CarrierSource, ...] = field(init=False, repr=False, compare=False)
+    _any_port: frozenset[str] = field(init=False, repr=False, compare=False)
+    _ports: Mapping[str, frozenset[int]] = field(init=False, repr=False, compare=False)
+    _next_hop: tuple[str, str, int] | None = field(init=False, repr=False, compare=False)
+    _uri_address: tuple[str, int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sources = tuple(CarrierSource(host, port) for host, port in self.sources)
+        object.__setattr__(self, "sources", sources)
+        trusted: tuple[CarrierSource, ...] = sources
+        if not sources and self.uri is not None:
+            # A host name is never trusted implicitly: what it resolves to
+            # can change under us.
+            address = canonical_ip(self.uri.host.strip("[]"))
+            trusted = () if address is None else (CarrierSource(address),)
+        object.__setattr__(self, "_trusted", trusted)
+        any_port: set[str] = set()
+        ports: dict[str, set[int]] = {}
+        for host, port in trusted:
+            key = _address_key(host)
+            if port is None:
+                any_port.add(key)
+            else:
+                ports.setdefault(key, set()).add(port)
+        hop = uri_address = None
+        if self.uri is not None:
+            host = self.uri.host.strip("[]")
+            port = self.uri.port or (5061 if self.uri.scheme == "sips" else 5060)
+            hop = (self.transport.upper(), host, port)
+            uri_address = (_address_key(host), port)
+        object.__setattr__(self, "_any_port", frozenset(any_port))
+        object.__setattr__(self, "_ports", {h: frozenset(p) for h, p in ports.items()})
+        object.__setattr__(self, "_next_hop", hop)
+        object.__setattr__(self, "_uri_address", uri_address)
 
     @property
     def trusted_sources(self) -> tuple[CarrierSource, ...]:
         """``sources``, or when it is empty the URI's host if that is an IP
-        address (any port).  A host name is never trusted implicitly: what
-        it resolves to can change under us."""
-        if self.sources or self.uri is None:
-            return self.sources
-        address = canonical_ip(self.uri.host.strip("[]"))
-        return () if address is None else (CarrierSource(address),)
+        address (any port)."""
+        return self._trusted
+
+    def next_hop(self) -> tuple[str, str, int] | None:
+        """Where outbound calls go: (transport in capitals, host, port), the
+        port defaulting as RFC 3263 §4.2 does without DNS SRV; None without
+        a carrier."""
+        return self._next_hop
 
     def trusts(self, host: str, port: int) -> bool:
-        """Whether a request from ``host``:``port`` comes from the carrier."""
-        address = canonical_ip(host)
-        if address is None:
-            return False
-        return any(
-            s.host == address and (s.port is None or s.port == port) for s in self.trusted_sources
-        )
+        """Whether a request from ``host``:``port`` comes from the carrier:
+        a trusted source with that port, or with that host and no port
+        (any port of it)."""
+        if host in self._any_port:
+            return True
+        ports = self._ports.get(host)
+        if ports is not None:
+            return port in ports
+        other = _other_spelling(host)
+        return other is not None and self.trusts(other, port)
 
-    def _key(self) -> tuple[str, str, tuple[CarrierSource, ...]]:
+    def trusts_exactly(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is one of the carrier's exact addresses:
+        a source configured with that port, or the carrier URI's own
+        address when its host is trusted (a carrier sends from the address
+        it is reached at, as most SBCs do: symmetric signalling, RFC 3581)."""
+        ports = self._ports.get(host)
+        if ports is not None and port in ports:
+            return True
+        address = self._uri_address
+        if address is not None and address[1] == port and address[0] == host:
+            return self.trusts(host, port)
+        other = _other_spelling(host)
+        return other is not None and self.trusts_exactly(other, port)
+
+    def _key(self) -> tuple[str, str, tuple[tuple[str, int | None], ...]]:
         return ("" if self.uri is None else str(self.uri), self.transport, self.sources)
 
     def __eq__(self, other: object) -> bool:
@@ -365,6 +423,23 @@ class CarrierSettings:
 
     def __hash__(self) -> int:
         return hash(self._key())
+
+
+def _address_key(host: str) -> str:
+    """How an address is kept for :meth:`CarrierSettings.trusts`: an IP
+    address's normalised text, anything else in lower case."""
+    return canonical_ip(host) or host.lower()
+
+
+def _other_spelling(host: str) -> str | None:
+    """The normalised text of an IPv6 address written otherwise (capitals,
+    a ``::ffff:`` IPv4-mapped address), else None.  Only IPv6 text has
+    other spellings: an IPv4 address the ``ipaddress`` module accepts is
+    already normalised, so the transports' IPv4 sources are never parsed."""
+    if ":" not in host:
+        return None
+    address = canonical_ip(host)
+    return None if address is None or address == host else address
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -53,6 +53,8 @@ from gateway.manage.paging import DEFAULT_LIMIT, Page, check_page
 from gateway.store.database import Store
 from gateway.store.models import (
     BALANCE_SCALE,
+    E164_MAX_LENGTH,
+    E164_MIN_LENGTH,
     EMAIL_MAX_LENGTH,
     MAX_BALANCE,
     MAX_CHANNELS,
@@ -68,6 +70,7 @@ from sip.digest import ha1
 
 __all__ = [
     "DIGEST_ALGORITHMS",
+    "E164_PATTERN",
     "MAX_NUMBERS_PER_REQUEST",
     "PASSWORD_LENGTH",
     "REGISTERED_PBX",
@@ -113,7 +116,8 @@ __all__ = [
 ]
 
 #: The digest algorithms a PBX may answer with (RFC 7616 §3.3; RFC 8760 for
-#: SHA-256 in SIP): one stored HA1 per algorithm.
+#: SHA-256 in SIP): one stored HA1 per algorithm, and the challenges the
+#: running gateway sends, in this order (``gateway.web.app``: MD5 first).
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 #: 20 characters from 62 give 119 bits: beyond guessing, and short enough to
 #: type into a PBX's web form.  Letters and digits only, because PBX
@@ -147,9 +151,11 @@ NAME_PUNCTUATION = frozenset(" -_.'")
 # A deliberately loose e-mail check (RFC 5322 is looser still): one "@",
 # something on each side, a dot in the domain, no spaces.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
-# ITU-T E.164 §6: a country code (never starting with 0) and at most 15
-# digits in all; fewer than 8 is not a number a trunk can deliver.
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}\Z")
+#: ITU-T E.164 §6: "+", a country code (never starting with 0), and 8 to 15
+#: digits in all (the lengths of the ``numbers.e164`` column); the API's
+#: schema says the same (``gateway.web.api.openapi``).
+E164_PATTERN = rf"\+[1-9][0-9]{{{E164_MIN_LENGTH - 2},{E164_MAX_LENGTH - 2}}}"
+_E164 = re.compile(E164_PATTERN + r"\Z")
 # RFC 3966 §5.1.1 visual separators, plus the spaces people type.
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.() \t\u00a0")
 

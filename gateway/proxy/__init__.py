@@ -1,5 +1,7 @@
-"""The SIP-facing call path: the call router (identify, admit, route,
-release: :mod:`.router`), the in-memory profile directory it reads
+"""The SIP-facing call path: the SIP service, the asyncio adapter between
+the transport and the sans-I/O core, with the transaction timer and the
+registrations' expiry timer (:mod:`.service`), the call router (identify,
+admit, route, release: :mod:`.router`), the in-memory profile directory it reads
 (:mod:`.directory`) and the registrar's location service
 (:mod:`.registrar`).
 

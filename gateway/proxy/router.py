@@ -1,14 +1,20 @@
 """The call router: the transaction user of the gateway's stateful proxy.
 
-Every request is tied to a profile, to the carrier, or refused (identify),
-an initial INVITE takes a channel of its profile (admit), goes to the
-carrier or to the profile's PBX (route), and its channel is freed however
-the call ends.  Every call ends in one place (``_record``), which logs its one
-``call ended`` line at info and hands its record to the writer
-(docs/logging.md).  Registrations go to the registrar.  The SIP mechanics are
-in :mod:`sip.proxy` and :mod:`sip.transaction`; the I/O (sockets, timers,
-tasks) comes through the :class:`CallIO` port that ``gateway.web.app`` provides,
-so the router never touches a socket itself.
+Every request is tied to a profile, to the carrier, or refused (identify,
+:mod:`gateway.proxy.identify`), an initial INVITE takes a channel of its
+profile (admit), goes to the carrier or to the profile's PBX (route), and
+its channel is freed however the call ends.  A call's life is a table
+(:mod:`gateway.proxy.call`): each request, response, failure and timer of a
+call is an event, and :meth:`CallRouter._fire` looks up the row of the
+call's state and carries out its effects; an event with no row is a bug,
+logged, counted, and the call ended so that no channel leaks.  Every call
+ends in one place (``_finish``), which logs its one ``call ended`` line at
+info and hands its record to the writer (docs/logging.md).  When a
+profile's credit runs out is timed by :class:`gateway.billing.guard.CreditGuard`.
+Registrations go to the registrar.  The SIP mechanics are in
+:mod:`sip.proxy` and :mod:`sip.transaction`; the I/O (sockets, timers,
+tasks) comes through the :class:`CallIO` port that ``gateway.web.app``
+provides, so the router never touches a socket itself.
 
 Trust (RFC 3261 §22, §26):
 
@@ -17,7 +23,7 @@ Trust (RFC 3261 §22, §26):
 * an IP-authenticated profile is recognised by the UDP source IP *and*
   port (over TCP by the IP alone: source ports are ephemeral);
 * when both could claim a request, the most specific address wins (see
-  :meth:`CallRouter._identify`): a PBX may share the carrier's host;
+  :func:`gateway.proxy.identify.by_address`): a PBX may share the carrier's host;
 * everyone else must answer a digest challenge: ``401`` for REGISTER,
   ``407`` for other requests.  An unknown username gets the same answer as
   a wrong password;
@@ -32,19 +38,21 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from admission import AdmissionController, Admitted, RejectReason
-from gateway.billing.cdr import CallRecordEntry, new_record_key
+from gateway.billing.cdr import CallRecordEntry
 from gateway.billing.credit import CreditMeter, CreditShare, elapsed_ms, longest_prefix_rate
-from gateway.config.settings import canonical_ip
+from gateway.billing.guard import CreditGuard
+from gateway.config.settings import CarrierSettings
+from gateway.proxy.call import ROWS, Call, CallEffect, CallEvent, CallState, Hop, ReleaseReason
 from gateway.proxy.directory import Directory, ProfileEntry
+from gateway.proxy.identify import Caller, FromCarrier, Refused, by_address, by_digest
 from gateway.proxy.registrar import LocationService, build_register_response
-from sip.digest import DigestRealm, Verified, ha1_algorithm
+from sip.digest import DigestRealm
 from sip.errors import ParseError, SIPError
 from sip.headers import Address, Via
 from sip.message import Message, Request, Response, build_response
@@ -72,7 +80,6 @@ from sip.transaction import (
     Overload,
     ServerTransaction,
     StrayAck,
-    StrayResponse,
     Terminated,
     Timeout,
     TransactionError,
@@ -87,6 +94,7 @@ __all__ = [
     "Call",
     "CallIO",
     "CallRouter",
+    "CallState",
     "CarrierSettings",
     "Hop",
     "ReleaseReason",
@@ -123,71 +131,16 @@ CHANNEL_LIMIT_TEXT = "Channel limit reached"
 #: Warning texts of outbound calls refused for money reasons.
 NO_CREDIT_TEXT = "No credit left"
 NO_RATE_TEXT = "No rate for this destination"
-#: Calls are cut this long before the credit would be overdrawn (seconds):
-#: a BYE that leaves late must not start another billed second.
-CREDIT_MARGIN = 0.2
-
-
-class ReleaseReason(StrEnum):
-    """Why a call gave its channel back (a bounded metric label)."""
-
-    BYE = "bye"  # either side hung up
-    CANCEL = "cancel"  # the caller gave up before an answer (RFC 3261 §9)
-    REJECTED = "rejected"  # a final non-2xx answer (busy, declined, ...)
-    NO_ACK = "no_ack"  # a 2xx never acknowledged (RFC 3261 §13.3.1.4)
-    TIMEOUT = "timeout"  # no final answer: Timer B or Timer C (408)
-    UNREACHABLE = "unreachable"  # the next hop could not be reached (503)
-    SESSION_EXPIRED = "session_expired"  # no session refresh (RFC 4028 §8.3)
-    MAX_DURATION = "max_duration"  # the configured maximum call duration
-    PROFILE_DELETED = "profile_deleted"  # its profile was deleted with calls up
-    CREDIT_EXHAUSTED = "credit_exhausted"  # the profile's credit ran out (BYE both sides)
-    SHUTDOWN = "shutdown"  # the gateway stopped (BYE both sides)
-    ERROR = "error"  # the gateway could not forward the INVITE (500)
-
-
-class Hop(NamedTuple):
-    """Where a message goes next: transport and address."""
-
-    transport: str
-    host: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class CarrierSettings:
-    """The upstream carrier: where outbound calls go, whom we trust for inbound."""
-
-    uri: URI | None
-    transport: str = "UDP"
-    sources: tuple[tuple[str, int | None], ...] = ()
-
-    def hop(self) -> Hop | None:
-        if self.uri is None:
-            return None
-        port = self.uri.port or (5061 if self.uri.scheme == "sips" else 5060)
-        return Hop(self.transport.upper(), self.uri.host.strip("[]"), port)
-
-    def trusts(self, host: str, port: int) -> bool:
-        """Whether ``host``:``port`` is the carrier's: a source with that
-        port, or with that host and no port (any port of it)."""
-        host = host.lower()
-        return any(h == host and (p is None or p == port) for h, p in self.sources)
-
-    def trusts_exactly(self, host: str, port: int) -> bool:
-        """Whether ``host``:``port`` is one of the carrier's exact addresses:
-        a source configured with that port, or the carrier URI's own
-        address when its host is trusted (a carrier sends from the address
-        it is reached at, as most SBCs do: symmetric signalling, RFC 3581)."""
-        host = host.lower()
-        if any(h == host and p == port for h, p in self.sources):
-            return True
-        hop = self.hop()
-        return (
-            hop is not None
-            and hop.port == port
-            and (canonical_ip(hop.host) or hop.host.lower()) == host
-            and self.trusts(host, port)
-        )
+#: IP-authenticated peers do not register (and must not hijack a
+#: registration profile's bindings by their address).
+IP_PEERS_DO_NOT_REGISTER = Refused(403, "IP-authenticated peers do not register")
+#: The Reason text of the BYEs that end a call the router lost track of.
+STATE_ERROR_TEXT = "Call state error"
+#: Channel releases that get a line at debug (the others speak for themselves).
+_RELEASE_NOTES = {
+    ReleaseReason.NO_ACK: "2xx never acknowledged, channel freed",
+    ReleaseReason.SESSION_EXPIRED: "session expired without a refresh, channel freed",
+}
 
 
 class RouterObserver(Protocol):
@@ -246,60 +199,14 @@ class CallIO(Protocol):
 
 @dataclass(slots=True)
 class RouterStats:
-    """Counts for operators (Prometheus arrives with issue 4)."""
+    """What the router counts in plain ints, for a collector to read at
+    scrape time (as ``sip.transport.TransportStats``).  What the observer
+    reports (admissions, releases, authentication failures) is not
+    counted again here."""
 
-    calls_admitted: int = 0
-    calls_rejected_channel_limit: int = 0
-    auth_challenges: int = 0
-    auth_failures: int = 0
-    registrations: int = 0
-    answered_locally: int = 0
-    stray_responses: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Call:
-    """One admitted call: it holds a channel of ``profile`` until it ends."""
-
-    call_id: str
-    profile: ProfileEntry
-    direction: str  # "outbound" (PBX → carrier) or "inbound" (carrier → PBX)
-    server_tx: ServerTransaction
-    pbx: Hop  # how the PBX is reached (the flow it uses; RFC 3581 for NAT)
-    invite: Request | None = None  # the INVITE as we forwarded it
-    invite_hop: Hop | None = None
-    carrier_side: Hop | None = None  # the carrier's address in this call
-    carrier_contact: URI | None = None  # the carrier's remote target (Contact)
-    client_tx: ClientTransaction | None = None
-    answered: bool = False
-    confirmed: bool = False
-    final_relayed: bool = False
-    cancelled: bool = False
-    released: bool = False
-    started: float = 0.0  # when the INVITE arrived (call setup time)
-    # The dialog as each side knows it, for the BYEs the gateway itself
-    # sends (RFC 3261 §12.2.1.1, §15.1.1): From/To with tags as the caller
-    # sent them, each side's remote target and highest CSeq seen.
-    caller_from: str = ""
-    callee_to: str = ""
-    caller_contact: URI | None = None
-    callee_contact: URI | None = None
-    caller_cseq: int = 0
-    callee_cseq: int = 0
-    setup_observed: bool = False
-    # The call record (CDR): wall-clock times, the price of an outbound
-    # call's destination, the INVITE's final status.
-    record_key: str = field(default_factory=new_record_key)
-    caller: str = ""
-    callee: str = ""
-    started_at: datetime | None = None
-    answered_mono: float | None = None  # monotonic time of the answer
-    answered_at: datetime | None = None
-    price: Decimal | None = None  # per minute; outbound calls only
-    final_status: int = 0
-    recorded: bool = False
-    timers: list[Any] = field(default_factory=list)
-    session_timer: Any = None  # RFC 4028: when the session expires unless refreshed
+    #: Events a call's state had no row for (each a bug, logged at error;
+    #: the call was ended).
+    call_state_errors: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -309,6 +216,12 @@ class _Relay:
     server_tx: ServerTransaction
     call: Call | None
     initial_invite: bool
+
+
+#: What an effect of the call table gets: the call, the response of the
+#: event (if any), the text the event came with (a BYE's Reason, a 500's
+#: phrase) and the release reason (the row's, else the event's).
+_Effect = Callable[[Call, Response | None, str, str | None], None]
 
 
 class CallRouter:
@@ -348,15 +261,30 @@ class CallRouter:
         self.max_call_duration = max_call_duration
         self.min_session_expires = min_session_expires
         # Without a meter outbound calls are not charged (unit tests).
-        self.meter = meter
+        self.credit = CreditGuard(meter, io, self._credit_exhausted)
         self.records = records
         self.wall_clock = wall_clock
-        self._credit_timers: dict[int, Any] = {}
         self.calls: dict[str, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
         self._unique = itertools.count()
         self._instance = secrets.token_hex(3)
+        # Each effect of the call table is carried out by the method of its
+        # name (CallEffect.CANCEL_DOWNSTREAM: _cancel_downstream).
+        self._effects: dict[CallEffect, _Effect] = {
+            effect: getattr(self, f"_{effect.name.lower()}") for effect in CallEffect
+        }
+
+    @property
+    def carrier(self) -> CarrierSettings:
+        """The carrier: where outbound calls go, whom inbound calls come from."""
+        return self._carrier
+
+    @carrier.setter
+    def carrier(self, carrier: CarrierSettings) -> None:
+        self._carrier = carrier
+        hop = carrier.next_hop()
+        self._carrier_hop = None if hop is None else Hop(*hop)
 
     @property
     def tracked(self) -> int:
@@ -371,9 +299,10 @@ class CallRouter:
         and its calls are ended (BYE both sides, or CANCEL and 487 while
         ringing), which frees their channels."""
         self.directory = new
-        if self.meter is not None:
+        charging = self.credit.charging
+        if charging:
             for profile in new.profiles():
-                self.meter.set_snapshot(profile.id, profile.credit, new.version)
+                self.credit.set_credit(profile.id, profile.credit, new.version)
         gone: set[int] = set()
         for call in list(self.calls.values()):
             entry = new.profile(call.profile.id)
@@ -388,12 +317,12 @@ class CallRouter:
                 self.registrar.remove_profile(profile_id)
         if gone:
             logger.info("profiles %s deleted: their calls and registrations are gone", sorted(gone))
-        if self.meter is not None:
+        if charging:
             for profile_id in gone:
-                self.meter.forget(profile_id)
+                self.credit.forget(profile_id)
             # A credit change moves the moment live calls must end.
             for profile_id in {call.profile.id for call in self.calls.values()}:
-                self._schedule_credit_check(profile_id)
+                self.credit.recheck(profile_id)
 
     def end_all_calls(self, why: str = "Gateway shutting down") -> int:
         """End every call (graceful shutdown): their channels are freed and
@@ -406,19 +335,7 @@ class CallRouter:
     def _abort_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
         """End a call whatever its state: answered calls get BYE on both
         sides; unanswered ones are cancelled downstream and answered 487."""
-        if call.released:
-            return
-        if call.answered:
-            self._end_call(call, why, reason)
-            return
-        call.cancelled = True
-        if call.client_tx is None:
-            return  # admission still running: it sees ``cancelled``
-        self._cancel_downstream(call)
-        if not call.final_relayed:
-            self._respond(call.server_tx, call.server_tx.request, 487)
-            call.final_relayed = True
-        self._release(call, reason)
+        self._fire(call, CallEvent.ABORT, why=why, reason=reason)
 
     def on_message(self, message: Message, source: Any, *, reliable: bool) -> None:
         """A validated message from the transport."""
@@ -454,9 +371,60 @@ class CallRouter:
                 if logger.isEnabledFor(logging.DEBUG):
                     _debug_response("out", response)
                 self.io.send_response(response, action.source)
-            elif isinstance(action, StrayResponse):
-                # RFC 6026 §7.3 (RFC 3261 §16.7 as updated): drop it.
-                self.stats.stray_responses += 1
+            # A StrayResponse is dropped (RFC 6026 §7.3, RFC 3261 §16.7 as updated).
+
+    # -- credit across the nodes of a cluster (gateway.cluster.credit_share) -----------------
+    def credit_shares(self, clock_offset: float) -> dict[int, CreditShare]:
+        """What this node's calls spend (:meth:`CreditGuard.credit_shares`)."""
+        return self.credit.credit_shares(clock_offset)
+
+    def apply_remote_credit(
+        self, profile_id: int, share: CreditShare | None, clock_offset: float
+    ) -> None:
+        """What the other nodes' calls of a profile spend
+        (:meth:`CreditGuard.apply_remote_credit`)."""
+        self.credit.apply_remote_credit(profile_id, share, clock_offset)
+
+    # -- the call's life (gateway.proxy.call) ------------------------------------------
+    def _fire(
+        self,
+        call: Call,
+        event: CallEvent,
+        response: Response | None = None,
+        *,
+        why: str = "",
+        reason: str | None = None,
+    ) -> None:
+        """The event happened to the call: the row of its state says where
+        it goes and what is done (one dict lookup per state and event)."""
+        transition = ROWS[call.state].get(event)
+        if transition is None:
+            self._state_error(call, event)
+            return
+        if transition.target is not None:
+            call.state = transition.target
+        if transition.reason is not None:
+            reason = transition.reason
+        for effect in transition.effects:
+            self._effects[effect](call, response, why, reason)
+        if transition.finishes:
+            assert reason is not None, f"{call.state} entered without a reason"
+            self._finish(call, reason)
+
+    def _state_error(self, call: Call, event: CallEvent) -> None:
+        """An event the table has no row for: a bug of the router (every
+        event a peer can cause has its rows).  It is logged and counted,
+        and the call is ended as a profile deletion would end it, so that
+        its channel is freed whatever state it was left in."""
+        self.stats.call_state_errors += 1
+        logger.error(
+            "call state error call_id=%s state=%s event=%s: no transition, the call is ended",
+            _log_value(call.call_id),
+            call.state.name,
+            event.name,
+        )
+        if ROWS[call.state].get(CallEvent.ABORT) is not None:
+            self._fire(call, CallEvent.ABORT, why=STATE_ERROR_TEXT, reason=ReleaseReason.ERROR)
 
     # -- requests ------------------------------------------------------------
     def _on_request(self, tx: ServerTransaction, request: Request) -> None:
@@ -507,7 +475,6 @@ class CallRouter:
         if unsupported:
             self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
             return
-        self.stats.answered_locally += 1
         self._respond(
             tx,
             request,
@@ -519,97 +486,43 @@ class CallRouter:
             ],
         )
 
-    # -- who is calling ------------------------------------------------------
-    def _identify(self, request: Request) -> ProfileEntry | str | None:
-        """The calling profile, ``"carrier"``, or None after sending nothing
-        (the caller then challenges).
-
-        Trust by network address is local policy (RFC 3261 §26.2: SIP's
-        own means are digest and TLS), so the policy is stated here: the
-        most specific address wins.
-
-        1. The carrier's exact addresses (:meth:`CarrierSettings.trusts_exactly`):
-           the operator's configuration outranks a profile given the same
-           address (by mistake, or to take the carrier's traffic: every
-           inbound call would become an outbound call billed to it).
-        2. An IP profile's UDP source IP *and* port: a PBX sends from the
-           port it is configured with (symmetric signalling, RFC 3581).  It
-           wins over a carrier trusted by its host alone, which only says
-           "any port of this host": a PBX may share the carrier's address
-           (one box, one NAT address) and its calls are then outbound ones,
-           not inbound calls to the number it dials (``404``).
-        3. The carrier's host, any port.
-        4. Over TCP, the IP alone of the one IP profile that has it (source
-           ports are ephemeral, RFC 3261 §18.1.1): the least specific.
-
-        In-dialog requests are told apart the same way (:meth:`_from_pbx`).
-        """
+    # -- who is calling (gateway.proxy.identify) ------------------------------------
+    def _caller(self, request: Request) -> Caller:
+        """Who sent an out-of-dialog request: known by its address, else by
+        its digest credentials, else refused with a challenge."""
         source = request.source
         assert source is not None
-        transport, host, port = source
-        if self.carrier.trusts_exactly(host, port):
-            return "carrier"
-        entry = self.directory.by_source(transport, host, port)
-        if entry is not None and transport.upper() == "UDP":
-            return entry  # UDP matches IP and port (Directory.by_source)
-        if self.carrier.trusts(host, port):
-            return "carrier"
-        return entry
+        known = by_address(self.carrier, self.directory, source)
+        if known is not None:
+            return known
+        return by_digest(self.digest, self.directory, request, self.io.now())
 
-    def _authenticate(self, tx: ServerTransaction, request: Request) -> ProfileEntry | None:
-        """Digest authentication (RFC 3261 §22.2, §22.3); answers the
-        challenge itself and returns None when the request does not pass."""
-        register = request.method == "REGISTER"
-        credentials = request.authorization if register else request.proxy_authorization
-        now = self.io.now()
-        stale = False
-        for cred in credentials:
-            if cred.scheme.lower() != "digest" or cred.realm != self.digest.realm:
-                continue
-            entry = self.directory.by_username(cred.username or "")
-            if entry is not None and entry.auth_mode != "registration":
-                entry = None
-            algorithm = ha1_algorithm(cred)
-            stored = entry.ha1.get(algorithm) if entry is not None and algorithm else None
-            verdict = self.digest.verify(
-                cred, method=request.method, ha1=stored, now=now, request_uri=request.uri_text
-            )
-            if isinstance(verdict, Verified) and entry is not None:
-                return entry
-            stale = not isinstance(verdict, Verified) and verdict.stale
-            self.stats.auth_failures += 1
+    def _turn_away(self, tx: ServerTransaction, request: Request, refused: Refused) -> None:
+        """Answer a request whose sender is not trusted."""
+        if refused.bad_credentials:
             self.observer.auth_failure()
-            break
-        self.stats.auth_challenges += 1
-        status = 401 if register else 407
-        header = "WWW-Authenticate" if register else "Proxy-Authenticate"
-        challenges = self.digest.challenge(now, stale=stale)
-        self._respond(tx, request, status, extra=[(header, str(c)) for c in challenges])
-        return None
+        extra = list(refused.headers) if refused.headers else None
+        self._respond(tx, request, refused.status, refused.reason, extra=extra)
 
     # -- registrations (RFC 3261 §10.3) -----------------------------------------
     def _register(self, tx: ServerTransaction, request: Request) -> None:
-        caller = self._identify(request)
-        if caller == "carrier" or isinstance(caller, ProfileEntry):
-            # IP-authenticated peers do not register (and must not hijack
-            # a registration profile's bindings by their address).
-            self._respond(tx, request, 403, "IP-authenticated peers do not register")
+        source = request.source
+        assert source is not None
+        if by_address(self.carrier, self.directory, source) is not None:
+            self._turn_away(tx, request, IP_PEERS_DO_NOT_REGISTER)
             return
         if request.to.uri.scheme not in ("sip", "sips"):
             self._respond(tx, request, 400, "Address-of-record must be a SIP URI")
             return
-        entry = self._authenticate(tx, request)
-        if entry is None:
+        caller = by_digest(self.digest, self.directory, request, self.io.now())
+        if isinstance(caller, Refused):
+            self._turn_away(tx, request, caller)
             return
         unsupported = self._unsupported(request.option_tags("require"))
         if unsupported:
             self._respond(tx, request, 420, extra=[("Unsupported", ", ".join(unsupported))])
             return
-        source = request.source
-        assert source is not None
-        outcome = self.registrar.register(entry.id, request, source, self.io.now())
-        if outcome.status == 200:
-            self.stats.registrations += 1
+        outcome = self.registrar.register(caller.profile.id, request, source, self.io.now())
         response = build_register_response(request, outcome, stateless_tag(request))
         self._send(tx, response)
 
@@ -622,19 +535,16 @@ class CallRouter:
         # RFC 3261 §16.3: Max-Forwards (step 3) and loops (step 4) are
         # checked before Proxy-Authorization (step 6).
         check_request(request, self._is_own_via)
-        caller = self._identify(request)
-        if caller is None:
-            caller = self._authenticate(tx, request)
-            if caller is None:
-                return
-        if caller == "carrier":
+        caller = self._caller(request)
+        if isinstance(caller, Refused):
+            self._turn_away(tx, request, caller)
+        elif isinstance(caller, FromCarrier):
             self._inbound(tx, request)
         else:
-            assert isinstance(caller, ProfileEntry)
-            self._outbound(tx, request, caller)
+            self._outbound(tx, request, caller.profile)
 
     def _outbound(self, tx: ServerTransaction, request: Request, profile: ProfileEntry) -> None:
-        carrier_hop = self.carrier.hop()
+        carrier_hop = self._carrier_hop
         if carrier_hop is None or self.carrier.uri is None:
             self._respond(tx, request, 503, "No carrier configured")
             return
@@ -690,6 +600,8 @@ class CallRouter:
         if self._session_interval_refused(tx, request):
             return
         call = Call(request.call_id, profile, direction, tx, pbx, started=self.io.now())
+        call.target = target
+        call.invite_hop = hop
         call.started_at = self.wall_clock()
         call.caller = request.from_.uri.user or str(request.from_.uri)
         call.callee = request.uri.user or str(request.uri)
@@ -705,12 +617,35 @@ class CallRouter:
         # merged INVITE or a CANCEL arriving meanwhile finds it.
         self.calls[call.call_id] = call
         self._by_server_tx[tx] = call
-        self.io.spawn(self._admit(call, request, target, hop))
+        self.io.spawn(self._admit(call))
+
+    async def _admit(self, call: Call) -> None:
+        if call.direction == "outbound" and self.credit.charging:
+            # Credit is checked before a channel is taken (issue 5: 402).
+            call.price = longest_prefix_rate(self.directory.rates, call.callee)
+            if call.price is None:
+                self._refuse(call, "no_rate", 403, NO_RATE_TEXT)
+                return
+            if not self.credit.has_credit(call.profile.id):
+                self._refuse(call, "no_credit", 402, NO_CREDIT_TEXT)
+                return
+        result = await self.admission.acquire(
+            call.profile.id, call.call_id, call.profile.channel_limit
+        )
+        if not isinstance(result, Admitted):
+            if result.reason is not RejectReason.CHANNEL_LIMIT:
+                # The Call-ID already holds a channel for another profile
+                # (a hairpin through the gateway): RFC 3261 §8.2.2.2.
+                self._refuse(call, result.reason.value, 482, reason="Merged Request")
+                return
+            self._refuse(call, result.reason.value, 503, CHANNEL_LIMIT_TEXT)
+            return
+        self.observer.admission(call.profile, "admitted")
+        self._fire(call, CallEvent.ADMITTED)
 
     def _refuse(
         self,
         call: Call,
-        request: Request,
         result: str,
         status: int,
         text: str | None = None,
@@ -721,79 +656,16 @@ class CallRouter:
         it never held a channel."""
         self.observer.admission(call.profile, result)
         self._observe_setup(call)
-        call.released = True
         extra = None
         if text is not None:
             extra = [
                 ("Warning", f'399 {self._host_port()} "{text}"'),
                 ("Reason", f'SIP;cause={status};text="{text}"'),
             ]
-        self._respond(call.server_tx, request, status, reason, extra=extra)
-        self._finish(call, result)
+        self._respond(call.server_tx, call.server_tx.request, status, reason, extra=extra)
+        self._fire(call, CallEvent.REFUSED, reason=result)
 
-    async def _admit(self, call: Call, request: Request, target: URI, hop: Hop) -> None:
-        if call.direction == "outbound" and self.meter is not None:
-            # Credit is checked before a channel is taken (issue 5: 402).
-            call.price = longest_prefix_rate(self.directory.rates, call.callee)
-            if call.price is None:
-                self._refuse(call, request, "no_rate", 403, NO_RATE_TEXT)
-                return
-            if not self.meter.has_credit(call.profile.id, self.io.now()):
-                self._refuse(call, request, "no_credit", 402, NO_CREDIT_TEXT)
-                return
-        result = await self.admission.acquire(
-            call.profile.id, call.call_id, call.profile.channel_limit
-        )
-        if not isinstance(result, Admitted):
-            if result.reason is not RejectReason.CHANNEL_LIMIT:
-                # The Call-ID already holds a channel for another profile
-                # (a hairpin through the gateway): RFC 3261 §8.2.2.2.
-                self._refuse(call, request, result.reason.value, 482, reason="Merged Request")
-                return
-            self.stats.calls_rejected_channel_limit += 1
-            self._refuse(call, request, result.reason.value, 503, CHANNEL_LIMIT_TEXT)
-            return
-        self.stats.calls_admitted += 1
-        self.observer.admission(call.profile, "admitted")
-        if call.cancelled:
-            self._respond(call.server_tx, request, 487)
-            self._release(call, ReleaseReason.CANCEL)
-            return
-        forwarded = forward_request(
-            request,
-            via=self._via(request, hop.transport),
-            target=target,
-            record_route=Address.build(self._record_route_uri()),
-        )
-        call.invite = forwarded
-        call.invite_hop = hop
-        try:
-            client_tx, actions = self.layer.send_request(
-                forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
-            )
-        except TransactionError as error:
-            self._respond(call.server_tx, request, 500, error.reason)
-            self._release(call, ReleaseReason.ERROR)
-            return
-        call.client_tx = client_tx
-        self._relays[client_tx] = _Relay(call.server_tx, call, initial_invite=True)
-        # Timer C (RFC 3261 §16.6 step 11): a call may ring only so long.
-        call.timers.append(
-            self.io.call_at(
-                self.io.now() + self.layer.settings.timer_c, lambda: self._timer_c(call)
-            )
-        )
-        self.run(actions)
-
-    def _timer_c(self, call: Call) -> None:
-        if call.final_relayed or call.released:
-            return
-        self._cancel_downstream(call)
-        self._respond(call.server_tx, call.server_tx.request, 408)
-        call.final_relayed = True
-        self._release(call, ReleaseReason.TIMEOUT)
-
-    # -- CANCEL (RFC 3261 §16.10) ----------------------------------------------
+    # -- CANCEL (RFC 3261 §9.2, §16.10) -------------------------------------------
     def _on_cancel(self, tx: ServerTransaction, cancel: Request) -> None:
         invite_tx = self.layer.cancelled_transaction(cancel)
         if invite_tx is None:
@@ -801,37 +673,8 @@ class CallRouter:
             return
         self._respond(tx, cancel, 200)
         call = self._by_server_tx.get(invite_tx)
-        if call is None or call.final_relayed:
-            return
-        call.cancelled = True
-        if call.client_tx is None:
-            return  # admission still running: it sees ``cancelled``
-        self._cancel_downstream(call)
-        # If the far end never answers the CANCEL, end the call ourselves.
-        call.timers.append(
-            self.io.call_at(
-                self.io.now() + self.layer.settings.timer_b, lambda: self._cancel_expired(call)
-            )
-        )
-
-    def _cancel_downstream(self, call: Call) -> None:
-        if call.invite is None or call.invite_hop is None or call.answered:
-            return
-        cancel = build_cancel(call.invite)
-        try:
-            _, actions = self.layer.send_request(
-                cancel, call.invite_hop, self.io.now(), reliable=call.invite_hop.transport == "TCP"
-            )
-        except TransactionError:
-            return
-        self.run(actions)
-
-    def _cancel_expired(self, call: Call) -> None:
-        if call.final_relayed or call.released:
-            return
-        self._respond(call.server_tx, call.server_tx.request, 487)
-        call.final_relayed = True
-        self._release(call, ReleaseReason.CANCEL)
+        if call is not None:
+            self._fire(call, CallEvent.CANCEL)
 
     # -- responses -------------------------------------------------------------
     def _on_response(self, tx: ClientTransaction, response: Response) -> None:
@@ -848,41 +691,46 @@ class CallRouter:
         except (ProxyError, ParseError):
             return
         call = relay.call
-        if relay.initial_invite and call is not None:
-            self._observe_setup(call)
-        if relay.initial_invite and call is not None and status >= 200:
-            first_final = not call.final_relayed
-            call.final_relayed = True
-            call.final_status = status
-            if status < 300:
-                if not call.answered:
-                    self._answered(call)
-                call.answered = True
-                if call.direction == "outbound" and call.carrier_contact is None:
-                    call.carrier_contact = _contact_uri(response)
-                if first_final:
-                    call.callee_to = response.headers.get("to") or ""
-                    call.callee_contact = _contact_uri(response)
-                    self._expect_ack(call)
-                    self._session_refreshed(call, response)
-                    call.timers.append(
-                        self.io.call_at(
-                            self.io.now() + self.max_call_duration,
-                            lambda: self._end_call(
-                                call, "Maximum call duration", ReleaseReason.MAX_DURATION
-                            ),
-                        )
-                    )
-            elif first_final:
-                reason = ReleaseReason.CANCEL if call.cancelled else ReleaseReason.REJECTED
-                self._release(call, reason)
-        elif (
-            call is not None
-            and 200 <= status < 300
-            and response.cseq.method in SESSION_REFRESH_METHODS
-        ):
-            self._session_refreshed(call, response)
+        if call is not None:
+            if relay.initial_invite:
+                self._observe_setup(call)
+                if status < 200:
+                    self._fire(call, CallEvent.RESP_1XX, response)
+                else:
+                    call.final_status = status
+                    event = CallEvent.RESP_2XX if status < 300 else CallEvent.RESP_300_699
+                    self._fire(call, event, response)
+            elif 200 <= status < 300 and response.cseq.method in SESSION_REFRESH_METHODS:
+                self._fire(call, CallEvent.SESSION_REFRESH, response)
         self._send(relay.server_tx, response)
+
+    def _observe_setup(self, call: Call) -> None:
+        """Call setup time: INVITE in → first ringing, answer or final out."""
+        if call.setup_time is None:
+            call.setup_time = self.io.now() - call.started
+            self.observer.call_setup_time(call.setup_time)
+
+    def _on_failure(self, tx: Any, timeout: bool) -> None:
+        if not isinstance(tx, ClientTransaction):
+            return  # Timer H on a server transaction: the upstream ACK never came
+        relay = self._relays.get(tx)
+        if relay is None:
+            return
+        call = relay.call
+        if relay.initial_invite and call is not None:
+            self._fire(call, CallEvent.TIMEOUT if timeout else CallEvent.TRANSPORT_ERROR)
+            return
+        status = 408 if timeout else 503
+        reason = "Request Timeout" if timeout else "Next hop unreachable"
+        self._respond(relay.server_tx, relay.server_tx.request, status, reason)
+
+    def _on_terminated(self, tx: Any) -> None:
+        if isinstance(tx, ClientTransaction):
+            self._relays.pop(tx, None)
+        elif isinstance(tx, ServerTransaction):
+            # Only a live INVITE server transaction can be CANCELled
+            # (RFC 3261 §9.2), so its call entry goes with it.
+            self._by_server_tx.pop(tx, None)
 
     # -- session timers (RFC 4028) ------------------------------------------------
     def _session_interval_refused(self, tx: ServerTransaction, request: Request) -> bool:
@@ -899,93 +747,21 @@ class CallRouter:
             return True
         return False
 
-    def _session_refreshed(self, call: Call, response: Response) -> None:
-        """A 2xx to the INVITE or to a refresh (re-INVITE, UPDATE) states the
-        session interval; no Session-Expires means no session timer (RFC
-        4028 §8.2, §7.2).  The maximum call duration applies either way."""
-        if call.released or not call.answered:
-            return
-        try:
-            expires = session_expires(response)
-        except ParseError:
-            return  # a malformed answer changes nothing
-        if call.session_timer is not None:
-            call.session_timer.cancel()
-            call.session_timer = None
-        if expires is None:
-            return
-        # Never sooner than our minimum, whatever a peer states: a session
-        # we drop is a call we stop counting.
-        interval = max(expires.interval, self.min_session_expires)
-        call.session_timer = self.io.call_at(
-            self.io.now() + interval, lambda: self._session_expired(call)
-        )
-
-    def _session_expired(self, call: Call) -> None:
-        """No refresh within the interval: the session is over.  A proxy
-        frees what it holds but must not send BYE (RFC 4028 §8.3); the user
-        agents send it (§10), and any later request of the dialog gets 481."""
-        if call.released:
-            return
-        logger.debug("call %s: session expired without a refresh, channel freed", call.call_id)
-        self._release(call, ReleaseReason.SESSION_EXPIRED)
-
-    def _observe_setup(self, call: Call) -> None:
-        """Call setup time: INVITE in → first ringing, answer or final out."""
-        if not call.setup_observed:
-            call.setup_observed = True
-            self.observer.call_setup_time(self.io.now() - call.started)
-
-    def _expect_ack(self, call: Call) -> None:
-        """A 2xx never acknowledged frees its channel (RFC 3261 §13.3.1.4:
-        the UAS gives up after 64*T1)."""
-
-        def check() -> None:
-            if not call.confirmed and not call.released:
-                logger.debug("call %s: 2xx never acknowledged, channel freed", call.call_id)
-                self._release(call, ReleaseReason.NO_ACK)
-
-        call.timers.append(self.io.call_at(self.io.now() + self.layer.settings.timer_h, check))
-
-    def _on_failure(self, tx: Any, timeout: bool) -> None:
-        if not isinstance(tx, ClientTransaction):
-            return  # Timer H on a server transaction: the upstream ACK never came
-        relay = self._relays.get(tx)
-        if relay is None:
-            return
-        call = relay.call
-        if relay.initial_invite and call is not None:
-            if call.final_relayed:
-                return
-            call.final_relayed = True
-            call.final_status = 408 if timeout else 503
-            self._release(call, ReleaseReason.TIMEOUT if timeout else ReleaseReason.UNREACHABLE)
-        status = 408 if timeout else 503
-        reason = "Request Timeout" if timeout else "Next hop unreachable"
-        self._respond(relay.server_tx, relay.server_tx.request, status, reason)
-
-    def _on_terminated(self, tx: Any) -> None:
-        if isinstance(tx, ClientTransaction):
-            self._relays.pop(tx, None)
-        elif isinstance(tx, ServerTransaction):
-            # Only a live INVITE server transaction can be CANCELled
-            # (RFC 3261 §9.2), so its call entry goes with it.
-            self._by_server_tx.pop(tx, None)
-
     # -- in-dialog requests (RFC 3261 §12.2, §16.4) ---------------------------------
     def _dialog_call(self, request: Request) -> Call | None:
         return self.calls.get(request.call_id)
 
     def _from_pbx(self, request: Request, call: Call) -> bool:
         """Whether an in-dialog request comes from the profile's PBX (else
-        from the carrier side).  Most specific first, as in :meth:`_identify`:
-        the PBX's own flow (where its INVITE came from, or where we sent
-        the INVITE to it) is the PBX's, even on the carrier's host.  Else,
-        on an outbound call, the request is the carrier's (its next hop may
-        send from another address than the one we sent to); on an inbound
-        call, a trusted carrier address is the carrier's and anything else
-        the PBX's (a registered PBX may send from another port than the one
-        it registered from)."""
+        from the carrier side).  Most specific first, as in
+        :func:`gateway.proxy.identify.by_address`: the PBX's own flow (where
+        its INVITE came from, or where we sent the INVITE to it) is the
+        PBX's, even on the carrier's host.  Else, on an outbound call, the
+        request is the carrier's (its next hop may send from another
+        address than the one we sent to); on an inbound call, a trusted
+        carrier address is the carrier's and anything else the PBX's (a
+        registered PBX may send from another port than the one it
+        registered from)."""
         source = request.source
         assert source is not None
         host, port = source[1].lower(), source[2]
@@ -997,47 +773,6 @@ class CallRouter:
 
     def _from_caller(self, request: Request, call: Call) -> bool:
         return self._from_pbx(request, call) == (call.direction == "outbound")
-
-    def _end_call(self, call: Call, why: str, reason: ReleaseReason) -> None:
-        """End a call ourselves: BYE to both sides (RFC 3261 §15.1.1, with a
-        Reason, RFC 3326) and free the channel."""
-        if call.released or not call.answered or call.invite_hop is None:
-            return
-        logger.debug("call %s: %s, sending BYE to both sides", call.call_id, why)
-        caller_hop = call.pbx if call.direction == "outbound" else call.carrier_side
-        legs = (
-            (
-                call.callee_contact,
-                call.caller_from,
-                call.callee_to,
-                call.caller_cseq,
-                call.invite_hop,
-            ),
-            (call.caller_contact, call.callee_to, call.caller_from, call.callee_cseq, caller_hop),
-        )
-        for target, from_, to, cseq, hop in legs:
-            if target is None or hop is None:
-                continue
-            bye = Request("BYE", target)
-            for name, value in (
-                ("From", from_),
-                ("To", to),
-                ("Call-ID", call.call_id),
-                ("CSeq", f"{cseq + 1} BYE"),
-                ("Max-Forwards", "70"),
-                ("Reason", f'SIP;cause=200;text="{why}"'),
-                ("Content-Length", "0"),
-            ):
-                bye.headers.add(name, value)
-            bye.push_via(self._via(bye, hop.transport))
-            try:
-                _, actions = self.layer.send_request(
-                    bye, hop, self.io.now(), reliable=hop.transport == "TCP"
-                )
-            except TransactionError:
-                continue
-            self.run(actions)
-        self._release(call, reason)
 
     def _next_hop(self, request: Request, call: Call) -> Hop:
         """Towards the PBX: the flow we know (RFC 3581, NAT).  Towards the
@@ -1076,7 +811,7 @@ class CallRouter:
         hop = self._next_hop(request, call)
         forwarded = forward_request(request, via=self._via(request, hop.transport))
         if request.method == "BYE":
-            self._release(call, ReleaseReason.BYE)
+            self._fire(call, CallEvent.BYE)  # RFC 3261 §15.1.2; forwarded all the same
         try:
             client_tx, actions = self.layer.send_request(
                 forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
@@ -1095,7 +830,7 @@ class CallRouter:
         call = self._dialog_call(ack)
         if call is None:
             return
-        call.confirmed = True
+        self._fire(call, CallEvent.ACK)
         if ack.max_forwards == 0:
             return
         pop_own_routes(ack, self._is_own_uri)
@@ -1107,25 +842,219 @@ class CallRouter:
         )
         self.io.send_request(forward_request(ack, via=via), hop, None)
 
-    # -- channels ---------------------------------------------------------------
-    def _release(self, call: Call, reason: ReleaseReason) -> None:
-        """Free the call's channel (once) and forget the call."""
-        if not call.released:
-            call.released = True
-            self.observer.channel_released(call.profile, reason)
-            self.io.spawn(self._release_channel(call.call_id))
-        self._finish(call, reason)
+    # -- the effects of the call table (CallEffect) ---------------------------------------
+    def _forward_invite(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """Forward the admitted INVITE (RFC 3261 §16.6) and arm Timer C
+        (step 11: a call may ring only so long)."""
+        request = call.server_tx.request
+        hop, target = call.invite_hop, call.target
+        assert hop is not None and target is not None
+        forwarded = forward_request(
+            request,
+            via=self._via(request, hop.transport),
+            target=target,
+            record_route=Address.build(self._record_route_uri()),
+        )
+        call.invite = forwarded
+        try:
+            client_tx, actions = self.layer.send_request(
+                forwarded, hop, self.io.now(), reliable=hop.transport == "TCP"
+            )
+        except TransactionError as error:
+            self._fire(call, CallEvent.FORWARD_FAILED, why=error.reason)
+            return
+        call.client_tx = client_tx
+        self._relays[client_tx] = _Relay(call.server_tx, call, initial_invite=True)
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_c,
+                lambda: self._fire(call, CallEvent.TIMER_C),
+            )
+        )
+        self.run(actions)
+
+    def _answer(self, call: Call, response: Response | None, why: str, reason: str | None) -> None:
+        """The callee answered (the first 2xx): an outbound call starts
+        spending credit at its destination's price (every call of its
+        profile may now have to end sooner: they share the credit), the
+        dialog's far side is learnt for the BYEs the gateway may send, and
+        the ACK (RFC 3261 §13.3.1.4: a UAS gives up after 64*T1), the
+        session (RFC 4028) and the maximum duration are timed."""
+        assert response is not None
+        now = self.io.now()
+        call.answered_mono = now
+        call.answered_at = self.wall_clock()
+        if call.price is not None:
+            self.credit.call_answered(call.profile.id, call.record_key, call.price)
+        self._learn_contact(call, response, why, reason)
+        call.callee_to = response.headers.get("to") or ""
+        call.callee_contact = _contact_uri(response)
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_h,
+                lambda: self._fire(call, CallEvent.NO_ACK),
+            )
+        )
+        self._refresh_session(call, response, why, reason)
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.max_call_duration,
+                lambda: self._fire(
+                    call,
+                    CallEvent.END,
+                    why="Maximum call duration",
+                    reason=ReleaseReason.MAX_DURATION,
+                ),
+            )
+        )
+
+    def _learn_contact(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """An outbound call's remote target on the carrier side: the 2xx's
+        Contact (RFC 3261 §12.1.2), from the first 2xx that has one."""
+        assert response is not None
+        if call.direction == "outbound" and call.carrier_contact is None:
+            call.carrier_contact = _contact_uri(response)
+
+    def _refresh_session(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """A 2xx to the INVITE or to a refresh (re-INVITE, UPDATE) states the
+        session interval; no Session-Expires means no session timer (RFC
+        4028 §8.2, §7.2).  The maximum call duration applies either way."""
+        assert response is not None
+        try:
+            expires = session_expires(response)
+        except ParseError:
+            return  # a malformed answer changes nothing
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
+        if expires is None:
+            return
+        # Never sooner than our minimum, whatever a peer states: a session
+        # we drop is a call we stop counting.  When it runs out, a proxy
+        # frees what it holds but must not send BYE (RFC 4028 §8.3); the
+        # user agents send it (§10), and any later request of the dialog
+        # gets 481.
+        interval = max(expires.interval, self.min_session_expires)
+        call.session_timer = self.io.call_at(
+            self.io.now() + interval, lambda: self._fire(call, CallEvent.SESSION_EXPIRED)
+        )
+
+    def _cancel_downstream(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """CANCEL the forwarded INVITE (RFC 3261 §16.10, §9.1)."""
+        if call.invite is None or call.invite_hop is None:
+            return
+        cancel = build_cancel(call.invite)
+        try:
+            _, actions = self.layer.send_request(
+                cancel, call.invite_hop, self.io.now(), reliable=call.invite_hop.transport == "TCP"
+            )
+        except TransactionError:
+            return
+        self.run(actions)
+
+    def _arm_cancel_timeout(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """If the far end never answers the CANCEL, end the call ourselves
+        after Timer B's 64*T1 (RFC 3261 §9.1)."""
+        call.timers.append(
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_b,
+                lambda: self._fire(call, CallEvent.CANCEL_TIMEOUT),
+            )
+        )
+
+    def _reply_408(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        self._respond(call.server_tx, call.server_tx.request, 408)
+
+    def _reply_487(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        self._respond(call.server_tx, call.server_tx.request, 487)
+
+    def _reply_500(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        self._respond(call.server_tx, call.server_tx.request, 500, why)
+
+    def _reply_503(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        self._respond(call.server_tx, call.server_tx.request, 503, "Next hop unreachable")
+
+    def _bye_both_sides(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """End an answered call ourselves: BYE to both sides (RFC 3261
+        §15.1.1, with a Reason, RFC 3326)."""
+        logger.debug("call %s: %s, sending BYE to both sides", call.call_id, why)
+        assert call.invite_hop is not None
+        caller_hop = call.pbx if call.direction == "outbound" else call.carrier_side
+        legs = (
+            (
+                call.callee_contact,
+                call.caller_from,
+                call.callee_to,
+                call.caller_cseq,
+                call.invite_hop,
+            ),
+            (call.caller_contact, call.callee_to, call.caller_from, call.callee_cseq, caller_hop),
+        )
+        for target, from_, to, cseq, hop in legs:
+            if target is None or hop is None:
+                continue
+            bye = Request("BYE", target)
+            for name, value in (
+                ("From", from_),
+                ("To", to),
+                ("Call-ID", call.call_id),
+                ("CSeq", f"{cseq + 1} BYE"),
+                ("Max-Forwards", "70"),
+                ("Reason", f'SIP;cause=200;text="{why}"'),
+                ("Content-Length", "0"),
+            ):
+                bye.headers.add(name, value)
+            bye.push_via(self._via(bye, hop.transport))
+            try:
+                _, actions = self.layer.send_request(
+                    bye, hop, self.io.now(), reliable=hop.transport == "TCP"
+                )
+            except TransactionError:
+                continue
+            self.run(actions)
+
+    def _release(self, call: Call, response: Response | None, why: str, reason: str | None) -> None:
+        """Free the call's channel (each call reaches one row with this)."""
+        assert isinstance(reason, ReleaseReason)
+        note = _RELEASE_NOTES.get(reason)
+        if note is not None:
+            logger.debug("call %s: %s", call.call_id, note)
+        self.observer.channel_released(call.profile, reason)
+        self.io.spawn(self._release_channel(call.call_id))
 
     async def _release_channel(self, call_id: str) -> None:
         await self.admission.release(call_id)
 
+    # -- the end of a call: its cost and its record -------------------------------------
     def _finish(self, call: Call, reason: str) -> None:
         """The call is over (``reason``: a :class:`ReleaseReason`, or the
-        admission result of a call refused before it held a channel)."""
+        admission result of a call refused before it held a channel): its
+        meter stops, its record is written, its timers are cancelled and
+        the router forgets it.  Once per call: the table's rows into an
+        ended state from a live one."""
         cost = Decimal(0)
-        if call.answered_mono is not None and self.meter is not None and call.price is not None:
-            cost = self.meter.stop(call.record_key, self.io.now())
-            self._schedule_credit_check(call.profile.id)
+        if call.answered_mono is not None and call.price is not None:
+            cost = self.credit.call_ended(call.profile.id, call.record_key)
         self._record(call, cost, reason)
         for timer in call.timers:
             timer.cancel()
@@ -1136,63 +1065,19 @@ class CallRouter:
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
 
-    # -- credit and call records ---------------------------------------------------
-    def _answered(self, call: Call) -> None:
-        """The callee answered: an outbound call starts spending credit at
-        its destination's price, and every call of its profile may now
-        have to end sooner (they share the credit)."""
-        now = self.io.now()
-        call.answered_mono = now
-        call.answered_at = self.wall_clock()
-        if self.meter is not None and call.price is not None:
-            self.meter.start(call.profile.id, call.record_key, call.price, now)
-            self._schedule_credit_check(call.profile.id)
-
-    def _schedule_credit_check(self, profile_id: int) -> None:
-        """(Re)arm the credit timer of a profile with live charged calls at
-        a cheap lower bound of the moment they spend it (O(1) per call
-        event); the exact moment is worked out when that timer fires."""
-        timer = self._credit_timers.pop(profile_id, None)
-        if timer is not None:
-            timer.cancel()
-        if self.meter is None:
-            return
-        now = self.io.now()
-        when = self.meter.safe_until(profile_id, now)
-        if when is None:
-            return
-        self._credit_timers[profile_id] = self.io.call_at(
-            max(now, when - CREDIT_MARGIN), lambda: self._credit_check_due(profile_id)
-        )
-
-    def _credit_check_due(self, profile_id: int) -> None:
-        """The cheap bound is reached: find the exact moment the credit is
-        spent and end the calls just before it."""
-        self._credit_timers.pop(profile_id, None)
-        if self.meter is None:
-            return
-        now = self.io.now()
-        when = self.meter.exhausted_at(profile_id, now)
-        if when is None:
-            return
-        if when - CREDIT_MARGIN <= now:
-            self._credit_exhausted(profile_id)
-            return
-        self._credit_timers[profile_id] = self.io.call_at(
-            when - CREDIT_MARGIN, lambda: self._credit_exhausted(profile_id)
-        )
-
     def _credit_exhausted(self, profile_id: int) -> None:
-        """The credit is spent: every charged call of the profile ends, BYE
-        to both sides; the cost is debited when the records are written."""
-        self._credit_timers.pop(profile_id, None)
+        """The profile's credit is spent (the guard's callback): every
+        charged call of the profile ends, BYE to both sides; the cost is
+        debited when the records are written."""
         charged = [
             call
             for call in self.calls.values()
             if call.profile.id == profile_id and call.answered_mono is not None and call.price
         ]
         for call in charged:
-            self._end_call(call, "Credit exhausted", ReleaseReason.CREDIT_EXHAUSTED)
+            self._fire(
+                call, CallEvent.END, why="Credit exhausted", reason=ReleaseReason.CREDIT_EXHAUSTED
+            )
         if charged:
             # One line for the profile (an operator tops it up), beside each
             # call's own "call ended ... reason=credit_exhausted".
@@ -1204,37 +1089,10 @@ class CallRouter:
                 len(charged),
             )
 
-    # -- credit across the nodes of a cluster (gateway.cluster.credit_share) -----------------
-    def credit_shares(self, clock_offset: float) -> dict[int, CreditShare]:
-        """What this node's calls spend, per profile that spends anything,
-        for the other nodes (answer times on the shared clock, ``now +
-        clock_offset``)."""
-        if self.meter is None:
-            return {}
-        return self.meter.local_shares(clock_offset)
-
-    def apply_remote_credit(
-        self, profile_id: int, share: CreditShare | None, clock_offset: float
-    ) -> None:
-        """What the profile's calls on the other nodes spend, summed (None:
-        nothing, or nothing known any more): admission counts it from now
-        on, and this node's calls of the profile may have to end sooner."""
-        if self.meter is None:
-            return
-        if share is None:
-            self.meter.clear_remote(profile_id)
-        else:
-            self.meter.set_remote(profile_id, share, clock_offset=clock_offset, now=self.io.now())
-        self._schedule_credit_check(profile_id)
-
     def _record(self, call: Call, cost: Decimal, reason: str) -> None:
-        """The call's end, once per call: its line in the log (the first
-        ending wins, as for the release metric) and its record to the
+        """The call's end: its line in the log and its record to the
         writer.  One line per record: what an operator greps for is what
         the history downloads."""
-        if call.recorded:
-            return
-        call.recorded = True
         duration = 0
         if call.answered_mono is not None:
             duration = elapsed_ms(call.answered_mono, self.io.now())

@@ -48,6 +48,7 @@ from sqlalchemy.types import TypeEngine
 __all__ = [
     "BALANCE_SCALE",
     "E164_MAX_LENGTH",
+    "E164_MIN_LENGTH",
     "EMAIL_MAX_LENGTH",
     "MAX_BALANCE",
     "MAX_CHANNELS",
@@ -72,7 +73,11 @@ __all__ = [
 ]
 
 #: The product's promise: a profile holds at most 300 concurrent calls.  An
-#: operator may set a lower limit, never a higher one.
+#: operator may set a lower limit, never a higher one.  The gateway's one
+#: definition (the CLI, the service layer and the API schema import it);
+#: ``admission`` clamps to its own ``MAX_CHANNELS``, being below every
+#: gateway layer and importing none of them (``tests/unit/test_admission.py``
+#: holds it at 300 too).
 MAX_CHANNELS = 300
 #: Account and profile names: long enough for "Accounts Payable Leeds
 #: office", short enough for a table column and a metrics label.
@@ -82,6 +87,8 @@ NAME_MAX_LENGTH = 64
 EMAIL_MAX_LENGTH = 254
 #: ITU-T E.164 §6: at most 15 digits, plus the leading "+".
 E164_MAX_LENGTH = 16
+#: Fewer than 8 digits is not a number a trunk can deliver.
+E164_MIN_LENGTH = 9
 #: Generated usernames are short ("p" + 10 characters); the column leaves room
 #: for operator-chosen ones later.
 SIP_USERNAME_MAX_LENGTH = 64
@@ -299,7 +306,8 @@ class Number(Base):
             name="fk_numbers_profile_id_account_id_profiles",
         ),
         CheckConstraint(
-            f"e164 LIKE '+%' AND length(e164) BETWEEN 9 AND {E164_MAX_LENGTH}", name="e164"
+            f"e164 LIKE '+%' AND length(e164) BETWEEN {E164_MIN_LENGTH} AND {E164_MAX_LENGTH}",
+            name="e164",
         ),
     )
 

@@ -1,15 +1,16 @@
 """Wiring: the gateway built from settings, as one aiohttp application.
 
-:class:`SIPService` is the thin asyncio layer between the transports and
-the sans-I/O core, in the aioquic style: a message comes in, goes through
-validation, the transaction layer and the call router, the resulting
-actions go out, and the one timer that serves every transaction is re-armed
-with ``call_at``.  It is also the router's :class:`gateway.proxy.router.CallIO`.
-
-:func:`create_app` builds the aiohttp application; the store, the profile
-directory, the admission controller, the registrar and the SIP listeners
-are resources of its ``cleanup_ctx`` (the aiohttp-demos style), started in
-order and closed in reverse.
+:func:`create_app` builds the aiohttp application.  Each resource is one
+``cleanup_ctx`` (the aiohttp-demos style), started in this order and closed
+in reverse: the store, the admission controller, the SIP service
+(:class:`gateway.proxy.service.SIPService`: transactions and their timer),
+the SIP listeners, the call path (directory snapshot, registrar, credit
+meter, call-record writer, router), the credit exchange between nodes, the
+call-record writer's work, the registrations' expiry timer, the directory
+watch, the calls, and this node's entry among the running gateways.  So a
+stopping gateway first stops naming itself, then ends its calls, stops its
+background work, writes its call records, and closes the exchange, the
+listeners, the service and the admission controller, in that order.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,153 +32,40 @@ from gateway.config.advertise import advertised_address, gateway_addresses, need
 from gateway.config.settings import GatewaySettings, SIPServerSettings
 from gateway.manage.mailer import SMTPMailer
 from gateway.manage.nodes import TRANSPORTS, NodeAnnouncer, NodeView, new_node_id
-from gateway.proxy.directory import Directory, load_directory, watch_directory
+from gateway.manage.profiles import DIGEST_ALGORITHMS
+from gateway.proxy.directory import Directory
 from gateway.proxy.registrar import LocationService, RegistrarPolicy
-from gateway.proxy.router import CallRouter, CarrierSettings, Hop
-from gateway.store.database import Store, open_store
+from gateway.proxy.router import CallRouter, CarrierSettings
+from gateway.proxy.service import RegistrationExpiry, SIPService
+from gateway.store.database import open_store
 from gateway.store.models import utcnow
 from gateway.store.notify import listen_for_changes
+from gateway.web.api.routes import mount_api
+from gateway.web.directory import load_directory, watch_directory
+from gateway.web.keys import (
+    ADMISSION,
+    CALL_RECORDS,
+    DIRECTORY_REFRESH,
+    METRICS,
+    NODE,
+    ROUTER,
+    SETTINGS,
+    SIP_TRANSPORT,
+    STORE,
+)
 from gateway.web.metrics import Metrics
 from sip.digest import DigestRealm
-from sip.errors import ParseError
-from sip.message import Message, Request, Response, build_response
-from sip.transaction import ClientTransaction, TransactionLayer
-from sip.transport import Source, TransportLayer, stateless_tag
+from sip.transaction import TransactionLayer
+from sip.transport import TransportLayer
 
-__all__ = ["NODE", "SETTINGS", "SIP_SERVICE", "SIP_TRANSPORT", "SIPService", "create_app"]
+__all__ = ["SIP_SERVICE", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-# How often expired registrations are swept (RFC 3261 §10.3: a binding
-# lapses at its expiry; a second of lateness is invisible to a PBX).
-REGISTRAR_SWEEP_INTERVAL = 1.0
-DIGEST_ALGORITHMS = ("MD5", "SHA-256")
-
-
-class SIPService:
-    """The transport's message handler and the router's I/O port."""
-
-    def __init__(
-        self, transport: TransportLayer, layer: TransactionLayer, metrics: Metrics | None = None
-    ) -> None:
-        self.transport = transport
-        self.layer = layer
-        self.metrics = metrics
-        self.router: CallRouter | None = None
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    # -- from the transport -----------------------------------------------
-    def on_message(self, message: Message, source: Source) -> None:
-        try:
-            message.validate()
-        except ParseError as error:
-            # RFC 3261 §8.2 / h11 habit: the error carries its answer.  A
-            # response or an ACK is never answered (RFC 3261 §17).
-            if isinstance(message, Request) and message.method != "ACK":
-                response = build_response(
-                    message, error.status, error.reason, to_tag=stateless_tag(message)
-                )
-                self.send_response(response, source)
-            return
-        if self.metrics is not None and isinstance(message, Request):
-            self.metrics.request_received(message.method)
-        router = self.router
-        if router is None:
-            return
-        router.on_message(message, source, reliable=source.transport == "TCP")
-        self._rearm()
-
-    # -- CallIO -----------------------------------------------------------------
-    def now(self) -> float:
-        return self._loop.time()
-
-    def send_response(self, response: Response, source: object) -> None:
-        if self.metrics is not None:
-            self.metrics.response_sent(response.status)
-        self.transport.send_response(response, source if isinstance(source, Source) else None)
-
-    def send_request(
-        self, message: Message, hop: Hop, transaction: ClientTransaction | None
-    ) -> None:
-        self.spawn(self._send(message, hop, transaction))
-
-    async def _send(
-        self, message: Message, hop: Hop, transaction: ClientTransaction | None
-    ) -> None:
-        try:
-            await self.transport.send(message, hop.transport, hop.host, hop.port)
-        except OSError as error:
-            logger.debug("cannot send to %s: %s", hop, error)
-            if transaction is not None and self.router is not None:
-                self.router.run(self.layer.transport_error(transaction, self.now()))
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
-        def fire() -> None:
-            try:
-                callback()
-            except Exception:
-                logger.exception("timer callback failed")
-            self._rearm()
-
-        return self._loop.call_at(when, fire)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("SIP task failed", exc_info=task.exception())
-        self._rearm()
-
-    # -- the transaction timer --------------------------------------------
-    def _rearm(self) -> None:
-        deadline = self.layer.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        if self.router is not None:
-            self.router.run(self.layer.timers(self.now()))
-        self._rearm()
-
-    async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-
 # ---------------------------------------------------------------------------
-# The aiohttp application
+# The aiohttp application (its other keys: gateway.web.keys)
 
-SETTINGS = web.AppKey("settings", GatewaySettings)
-STORE = web.AppKey("store", Store)
-SIP_TRANSPORT = web.AppKey("sip_transport", TransportLayer)
 SIP_SERVICE = web.AppKey("sip_service", SIPService)
-ROUTER = web.AppKey("router", CallRouter)
-ADMISSION = web.AppKey("admission", AdmissionController)
-METRICS = web.AppKey("metrics", Metrics)
-#: Set it after a change to profiles, numbers, credit or rates: the
-#: directory is reloaded at once instead of at the next poll.
-DIRECTORY_REFRESH = web.AppKey("directory_refresh", asyncio.Event)
-CALL_RECORDS = web.AppKey("call_records", CallRecordWriter)
-#: This node's entry among the running gateways (:mod:`gateway.manage.nodes`).
-NODE = web.AppKey("node", NodeAnnouncer)
 #: Seconds the BYEs of calls ended at shutdown get to leave.
 SHUTDOWN_GRACE = 0.2
 #: Seconds a stopping gateway keeps trying to write its call records before
@@ -214,12 +101,15 @@ def _admission(settings: GatewaySettings) -> AdmissionController:
 
 
 def _carrier(settings: GatewaySettings) -> CarrierSettings:
-    carrier = settings.carrier
-    return CarrierSettings(
-        carrier.uri,
-        carrier.transport.upper(),
-        tuple((host.lower(), port) for host, port in carrier.trusted_sources),
-    )
+    """The router takes the ``[carrier]`` settings as they are."""
+    return settings.carrier
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    """Cancel background tasks and wait until they are gone."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -230,19 +120,68 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: directory, admission, registrar, transactions, listeners.
+async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the admission controller, the last of the SIP side to close."""
+    admission = _admission(app[SETTINGS])
+    app[ADMISSION] = admission
+    yield
+    await admission.close()
+
+
+async def sip_service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the transaction layer, the SIP transport (not listening
+    yet) and the :class:`SIPService` between them, with the metrics it
+    counts into.  Closed after the listeners: its transaction timer and its
+    send tasks stop."""
+    sip = app[SETTINGS].sip
+    transport = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
+    layer = TransactionLayer(sip.core)
+    # Read at scrape time: the router's current directory, live
+    # registrations, the transport's counters.
+    metrics = Metrics(
+        lambda: app[ROUTER].directory,
+        lambda: app[ROUTER].registrar.counts(service.now()),
+        transport=lambda: transport.stats,
+    )
+    service = SIPService(transport, layer, metrics)
+    app[SIP_TRANSPORT] = transport
+    app[SIP_SERVICE] = service
+    app[METRICS] = metrics
+    yield
+    await service.close()
+
+
+async def listeners_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the SIP listeners (``sip.listen``, UDP and TCP each).
 
     A bind failure (address in use) fails the start-up with the
     :class:`OSError` from :meth:`TransportLayer.listen`; listeners already
     bound are closed first.
     """
+    transport = app[SIP_TRANSPORT]
+    try:
+        for address in app[SETTINGS].sip.listen:
+            await transport.listen(address.host, address.port)
+    except BaseException:
+        await transport.close()
+        raise
+    yield
+    await transport.close()
+    logger.info("SIP listeners closed")
+
+
+async def router_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the call path, from the store's directory: the
+    registrar, the credit meter, the call-record writer (with what a
+    previous run spooled) and the router over them.  Nothing of it closes
+    here: the calls end in :func:`calls_ctx`, the writer stops in
+    :func:`call_records_ctx`."""
     settings = app[SETTINGS]
     sip = settings.sip
     store = app[STORE]
+    transport = app[SIP_TRANSPORT]
+    service = app[SIP_SERVICE]
     directory: Directory = await load_directory(store)
-    transport = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
-    layer = TransactionLayer(sip.core)
     registrar = LocationService(
         RegistrarPolicy(
             min_expires=settings.registrar.min_expires,
@@ -251,17 +190,6 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
             max_bindings=settings.registrar.max_bindings,
         )
     )
-    # Read at scrape time: the router's current directory, live registrations.
-    metrics = Metrics(lambda: router.directory, lambda: registrar.counts(service.now()))
-    service = SIPService(transport, layer, metrics)
-
-    try:
-        for address in sip.listen:
-            await transport.listen(address.host, address.port)
-    except BaseException:
-        await transport.close()
-        raise
-    admission = _admission(settings)
     meter = CreditMeter()
 
     def committed(entries: list[CallRecordEntry], version: int) -> None:
@@ -271,10 +199,10 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     records = CallRecordWriter(store, spool_path=settings.store.record_spool, on_commit=committed)
     await records.load_spool()
     router = CallRouter(
-        layer=layer,
+        layer=service.layer,
         io=service,
         directory=directory,
-        admission=admission,
+        admission=app[ADMISSION],
         registrar=registrar,
         # MD5 offered first: many PBXs (and SIPp) answer only the first
         # challenge; RFC 8760 §2.4 orders by preference with a SHOULD, and
@@ -283,65 +211,116 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
         carrier=_carrier(settings),
         own_addresses=[(listener.host, listener.port) for listener in transport.listeners],
         advertised=_advertised(sip, transport),
-        observer=metrics,
+        observer=app[METRICS],
         max_call_duration=settings.calls.max_call_duration,
         min_session_expires=settings.calls.min_session_expires,
         meter=meter,
         records=records,
     )
     service.router = router
-    transport.handler = service
     router.apply_directory(directory)  # the credit meter's first snapshot
+    app[ROUTER] = router
+    app[CALL_RECORDS] = records
+    yield
+
+
+async def credit_exchange_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: with several nodes (the Redis admission backend), each
+    also counts what the profile's calls on the others spend
+    (:mod:`gateway.cluster.credit_share`), in the admission's Redis.
+    Closed after the call records are written: the ended calls' costs are
+    in the database before this node's shares leave Redis."""
+    admission = app[SETTINGS].admission
+    if admission.backend != "redis":
+        yield
+        return
+    exchange = CreditExchange(admission.redis_url, app[ROUTER], prefix=admission.key_prefix)
+    exchange.start()
+    yield
+    await exchange.close()
+
+
+async def call_records_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the call-record writer at work, in batches.  At the end
+    it writes what is pending for up to :data:`RECORD_FLUSH_TIMEOUT`
+    seconds and spools the rest to ``store.record_spool``."""
+    records = app[CALL_RECORDS]
+    task = asyncio.create_task(records.run())
+    yield
+    await _cancel(task)
+    await records.close(RECORD_FLUSH_TIMEOUT)
+
+
+async def registrar_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: registrations lapse at their expiry (RFC 3261 §10.3),
+    on one timer that the service re-arms after each REGISTER."""
+    service = app[SIP_SERVICE]
+    expiry = RegistrationExpiry(app[ROUTER].registrar, service)
+    service.registrations = expiry
+    yield
+    service.registrations = None
+    expiry.close()
+
+
+async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the directory kept current.  It is polled every
+    ``store.directory_poll_interval`` seconds and reloaded at once when
+    :data:`DIRECTORY_REFRESH` is set (a change made through this node) or,
+    on PostgreSQL, when another node or the CLI notifies a change."""
+    settings = app[SETTINGS]
+    store = app[STORE]
+    router = app[ROUTER]
+    metrics = app[METRICS]
 
     def apply(new: Directory) -> None:
         router.apply_directory(new)
         metrics.profiles_changed(new.profiles())
 
-    async def sweep_registrations() -> None:
-        while True:
-            await asyncio.sleep(REGISTRAR_SWEEP_INTERVAL)
-            registrar.expire(service.now())
-
     refresh = asyncio.Event()
-    background = [
+    app[DIRECTORY_REFRESH] = refresh
+    tasks = [
         asyncio.create_task(
             watch_directory(
                 store,
                 apply,
                 settings.store.directory_poll_interval,
-                current=directory.version,
+                current=router.directory.version,
                 wake=refresh,
             )
-        ),
-        asyncio.create_task(sweep_registrations()),
-        asyncio.create_task(records.run()),
+        )
     ]
     if store.dialect == "postgresql":
         # Other nodes' and the CLI's changes arrive at once (LISTEN/NOTIFY).
-        background.append(asyncio.create_task(listen_for_changes(store.url, refresh)))
-    exchange: CreditExchange | None = None
-    if settings.admission.backend == "redis":
-        # Several nodes: each also counts what the profile's calls on the
-        # others spend (gateway.cluster.credit_share), in the admission's Redis.
-        exchange = CreditExchange(
-            settings.admission.redis_url, router, prefix=settings.admission.key_prefix
-        )
-        exchange.start()
-    app[SIP_TRANSPORT] = transport
-    app[SIP_SERVICE] = service
-    app[ROUTER] = router
-    app[ADMISSION] = admission
-    app[METRICS] = metrics
-    app[DIRECTORY_REFRESH] = refresh
-    app[CALL_RECORDS] = records
-    # Where PBXs reach this node, for every profile document given out
-    # (CLI, API, e-mail), now that the listeners are bound.
+        tasks.append(asyncio.create_task(listen_for_changes(store.url, refresh)))
+    yield
+    await _cancel(*tasks)
+
+
+async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the calls.  From here the transport hands every message
+    to the service.  At the end every live call is ended (BYE, CANCEL) and
+    the requests get :data:`SHUTDOWN_GRACE` to leave before anything else
+    closes."""
+    app[SIP_TRANSPORT].handler = app[SIP_SERVICE]
+    yield
+    ended = app[ROUTER].end_all_calls()
+    if ended:
+        logger.info("%d calls ended at shutdown", ended)
+        await asyncio.sleep(SHUTDOWN_GRACE)
+
+
+async def node_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: this node's entry among the running gateways
+    (:mod:`gateway.manage.nodes`): where PBXs reach it, for every profile
+    document given out (CLI, API, e-mail), now that the listeners are
+    bound.  Removed first at shutdown: no document names a stopping node."""
+    settings = app[SETTINGS]
     http = settings.http.listen
     node = NodeAnnouncer(
-        store,
+        app[STORE],
         NodeView(
             node_id=new_node_id(),
-            sip_addresses=tuple(gateway_addresses(sip, transport.listeners)),
+            sip_addresses=tuple(gateway_addresses(settings.sip, app[SIP_TRANSPORT].listeners)),
             transports=TRANSPORTS,
             http_address=None if http.port == 0 else str(http),
             started_at=utcnow(),
@@ -351,23 +330,7 @@ async def sip_ctx(app: web.Application) -> AsyncIterator[None]:
     await node.start()
     app[NODE] = node
     yield
-    await node.close()  # first: no more profile documents name this node
-    ended = router.end_all_calls()
-    if ended:
-        # Let the BYEs (and CANCELs) leave before the sockets close.
-        logger.info("%d calls ended at shutdown", ended)
-        await asyncio.sleep(SHUTDOWN_GRACE)
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
-    await records.close(RECORD_FLUSH_TIMEOUT)
-    if exchange is not None:
-        # After the records: the ended calls' costs are in the database.
-        await exchange.close()
-    await transport.close()
-    await service.close()
-    await admission.close()
-    logger.info("SIP listeners closed")
+    await node.close()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -423,12 +386,23 @@ def create_app(settings: GatewaySettings) -> web.Application:
     """The gateway as one aiohttp application (SIP listeners included)."""
     app = web.Application()
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(store_ctx)
-    app.cleanup_ctx.append(sip_ctx)
+    # One per resource, in start order; aiohttp closes them in reverse.
+    app.cleanup_ctx.extend(
+        (
+            store_ctx,
+            admission_ctx,
+            sip_service_ctx,
+            listeners_ctx,
+            router_ctx,
+            credit_exchange_ctx,
+            call_records_ctx,
+            registrar_ctx,
+            directory_ctx,
+            calls_ctx,
+            node_ctx,
+        )
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
-    # Imported here: gateway.web.api.routes imports this module's application keys.
-    from gateway.web.api.routes import mount_api  # noqa: PLC0415
-
     mount_api(app, mailer=SMTPMailer(settings.smtp))  # disabled when smtp.host is empty
     return app

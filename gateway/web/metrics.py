@@ -9,7 +9,11 @@ Two kinds, in the client_python style (docs/content/collector/custom.md):
   limit, credit, live registrations per profile), and the admissions and
   channel releases counted per profile *id* as they happen.  A renamed
   profile's counts carry on under its new name (and back), and a deleted
-  profile simply stops being reported.
+  profile simply stops being reported;
+* a custom collector that reads the SIP transport's own counters
+  (:class:`sip.transport.TransportStats`: messages in and out, keep-alives,
+  TCP connections, what was dropped and why) at scrape time, so the
+  transport keeps counting in plain ints.
 
 Label values stay bounded: account and profile names (one pair per
 profile: names are unique within an account only), SIP methods
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -29,8 +34,9 @@ from prometheus_client.registry import Collector
 
 from gateway.proxy.directory import Directory, ProfileEntry
 from gateway.proxy.router import ReleaseReason
+from sip.transport import TransportStats
 
-__all__ = ["ADMISSION_RESULTS", "KNOWN_METHODS", "Metrics"]
+__all__ = ["ADMISSION_RESULTS", "DROP_REASONS", "KNOWN_METHODS", "Metrics"]
 
 #: Methods reported by name; any other method counts as "other".
 KNOWN_METHODS = frozenset(
@@ -43,6 +49,11 @@ KNOWN_METHODS = frozenset(
 ADMISSION_RESULTS = ("admitted", "channel_limit", "call_id_in_use", "no_credit", "no_rate")
 #: Every reason a channel can be given back for.
 RELEASE_REASONS = tuple(reason.value for reason in ReleaseReason)
+#: Every reason the SIP transport drops something for: its ``dropped_*``
+#: counters (``malformed``, ``handler_error``, ``unroutable``, ...).
+DROP_REASONS = tuple(
+    f.name.removeprefix("dropped_") for f in fields(TransportStats) if f.name.startswith("dropped_")
+)
 # Call setup (INVITE in → first ringing/answer/final out) is milliseconds on
 # a LAN and seconds through a slow carrier.
 #: The labels of every per-profile metric.
@@ -86,6 +97,54 @@ class _StateCollector(Collector):
         yield limit
         yield credit
         yield registered
+
+
+class _TransportCollector(Collector):
+    """The SIP transport's counters, read at scrape time (DESIGN.md: cheap
+    metrics; the transport only adds to plain ints)."""
+
+    def __init__(self, stats: Callable[[], TransportStats]) -> None:
+        self._stats = stats
+
+    def _families(self) -> tuple[CounterMetricFamily, ...]:
+        return (
+            CounterMetricFamily(
+                "sipgw_sip_messages_received",
+                "SIP messages received over UDP and TCP, well-formed or not (keep-alives apart).",
+            ),
+            CounterMetricFamily(
+                "sipgw_sip_messages_sent",
+                "SIP messages written to a socket, retransmissions included.",
+            ),
+            CounterMetricFamily(
+                "sipgw_sip_malformed_answered",
+                "Requests the parser refused, answered with an error response.",
+            ),
+            CounterMetricFamily(
+                "sipgw_sip_keepalives", "CRLF keep-alives received (RFC 5626 §4.4.1)."
+            ),
+            CounterMetricFamily("sipgw_sip_tcp_connections_accepted", "TCP connections accepted."),
+            CounterMetricFamily(
+                "sipgw_sip_dropped",
+                "SIP messages received or to be sent that went nowhere, by why.",
+                labels=["reason"],
+            ),
+        )
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self._stats()
+        received, sent, answered, keepalives, accepted, dropped = self._families()
+        received.add_metric([], stats.received)
+        sent.add_metric([], stats.sent)
+        answered.add_metric([], stats.rejected)
+        keepalives.add_metric([], stats.keepalives)
+        accepted.add_metric([], stats.tcp_accepted)
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], getattr(stats, f"dropped_{reason}"))
+        yield from (received, sent, answered, keepalives, accepted, dropped)
 
 
 class _Tally:
@@ -168,6 +227,7 @@ class Metrics:
         self,
         directory: Callable[[], Directory],
         registration_counts: Callable[[], dict[int, int]],
+        transport: Callable[[], TransportStats] | None = None,
     ) -> None:
         self.directory = directory
         self.registration_counts = registration_counts
@@ -193,6 +253,8 @@ class Metrics:
             buckets=SETUP_BUCKETS, registry=r,
         )  # fmt: skip
         r.register(_StateCollector(self))
+        if transport is not None:
+            r.register(_TransportCollector(transport))
         #: Per profile id: what is reported, under the directory's names.
         self._counts: dict[int, _ProfileCounts] = {}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cli.commands import NO_GATEWAY
+from gateway.cli.output import NO_GATEWAY
 from sip.message import Request, Response
 from tests.support.harness import (
     GatewayHome,

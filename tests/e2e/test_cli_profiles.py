@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shlex
 import stat
 import subprocess
@@ -22,12 +21,13 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
-from gateway.cli.commands import NO_GATEWAY
+from gateway.cli.output import NO_GATEWAY
 from gateway.config.settings import SECRET_KEY_ENV
 from gateway.manage.profiles import get_profile
-from gateway.proxy.directory import load_directory
 from gateway.store.database import Store
+from gateway.web.directory import load_directory
 from sip.digest import ha1
+from tests.support.environment import missing
 from tests.support.harness import (
     free_port,
     gateway_command,
@@ -480,10 +480,7 @@ def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     try:
         asyncio.run(shared._admin(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        message = f"PostgreSQL at {shared.POSTGRES_ADMIN_URL} is not usable: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"PostgreSQL at {shared.POSTGRES_ADMIN_URL} is not usable: {exc}")
     url = make_url(shared.POSTGRES_ADMIN_URL).set(database=name)
     try:
         yield url.render_as_string(hide_password=False)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.support.environment import require
 
 _DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
 
@@ -55,9 +55,7 @@ def load_cases() -> list[TortureCase]:
 
 def require_corpus() -> None:
     """Fail under CI, skip elsewhere, when the corpus is missing."""
-    if (corpus_dir() / "INDEX.tsv").exists():
-        return
-    message = f"RFC 4475 corpus not found at {corpus_dir()} (set SIPGW_CONFORMANCE_DIR)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    require(
+        (corpus_dir() / "INDEX.tsv").exists(),
+        f"RFC 4475 corpus not found at {corpus_dir()} (set SIPGW_CONFORMANCE_DIR)",
+    )

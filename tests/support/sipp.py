@@ -41,8 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
+from tests.support.environment import missing
 from tests.support.harness import REPO_ROOT, free_port
 
 __all__ = [
@@ -97,10 +96,7 @@ def sipp_binary() -> str:
     it elsewhere."""
     path = shutil.which("sipp")
     if path is None:
-        message = "sipp not installed (Debian package sip-tester)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("sipp not installed (Debian package sip-tester)")
     return path
 
 

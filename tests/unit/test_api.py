@@ -41,7 +41,8 @@ from gateway.manage.mailer import Mailer, SMTPMailer
 from gateway.store.database import Store
 from gateway.web.api.openapi import openapi_document
 from gateway.web.api.routes import API_PREFIX, MAX_BODY, ROUTES, mount_api
-from gateway.web.app import ADMISSION, DIRECTORY_REFRESH, SETTINGS, STORE, create_app
+from gateway.web.app import create_app
+from gateway.web.keys import ADMISSION, DIRECTORY_REFRESH, SETTINGS, STORE
 from tests.support.harness import random_loopback
 from tests.unit import test_store as shared
 from tests.unit.test_history import insert_records

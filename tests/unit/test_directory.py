@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from gateway.manage import profiles
-from gateway.proxy.directory import Directory, ProfileEntry, load_directory, watch_directory
+from gateway.proxy.directory import Directory, ProfileEntry
 from gateway.store.database import Store
+from gateway.web.directory import load_directory, watch_directory
 from sip.digest import ha1
 from tests.unit import test_store as shared
 from tests.unit.test_store import REALM
@@ -203,7 +204,7 @@ async def test_a_changed_realm_without_the_key_is_reported(
 ) -> None:
     sales, _ = await populate(store)
     async with await Store.open(database_url, realm="new.realm") as keyless:
-        with caplog.at_level(logging.WARNING, logger="gateway.proxy.directory"):
+        with caplog.at_level(logging.WARNING, logger="gateway.web.directory"):
             found = (await load_directory(keyless)).by_username(sales.sip_username)
     assert found is not None
     assert sales.password is not None
@@ -265,7 +266,7 @@ async def test_watcher_survives_a_database_error(
     every poll); the watcher logs once, keeps polling, and applies the
     change once the table is back."""
     applied, _ = watched
-    with caplog.at_level(logging.DEBUG, logger="gateway.proxy.directory"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.web.directory"):
         async with store.engine.begin() as connection:
             await connection.execute(text("ALTER TABLE directory_version RENAME TO dv_away"))
         await asyncio.sleep(WATCH_INTERVAL * 6)  # several failing polls

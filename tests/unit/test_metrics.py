@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.proxy.directory import Directory, ProfileEntry
 from gateway.proxy.router import ReleaseReason
-from gateway.web.metrics import Metrics
+from gateway.web.metrics import DROP_REASONS, Metrics
+from sip.transport import TransportStats
 
 Counts = dict[tuple[str, str, str, str], float]
 
@@ -53,7 +54,7 @@ class Gateway:
         self.directory = Directory(profiles, version=self.directory.version + 1)
 
     def apply(self, *profiles: ProfileEntry) -> None:
-        """A directory reload, as ``sip_ctx``'s ``apply()`` makes it."""
+        """A directory reload, as ``directory_ctx``'s ``apply()`` makes it."""
         self.move(*profiles)
         self.metrics.profiles_changed(self.directory.profiles())
 
@@ -206,3 +207,64 @@ def test_the_exposition_keeps_its_names_types_and_labels() -> None:
     assert 'sipgw_channel_releases_total{account="acme",profile="sales",reason="bye"} 1.0' in lines
     created = [line for line in lines if line.startswith("sipgw_admissions_created{")]
     assert len(created) == 2  # admitted, channel_limit: one per label set, as Counter gives
+
+
+TRANSPORT_METRICS = (
+    "sipgw_sip_messages_",
+    "sipgw_sip_malformed_",
+    "sipgw_sip_keepalives_",
+    "sipgw_sip_tcp_",
+    "sipgw_sip_dropped_",
+)
+
+
+def test_the_transport_counters_are_read_at_scrape_time() -> None:
+    """``sip.transport.TransportStats`` counts in plain ints; each scrape
+    reads them as they are then."""
+    stats = TransportStats()
+    metrics = Metrics(lambda: Directory(()), dict, transport=lambda: stats)
+
+    def scraped() -> dict[tuple[str, str], float]:
+        text = generate_latest(metrics.registry).decode()
+        return {
+            (sample.name, sample.labels.get("reason", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith(TRANSPORT_METRICS)
+        }
+
+    zero = scraped()
+    assert set(DROP_REASONS) == {
+        "malformed", "handler_error", "unroutable", "send_error", "connection_limit",
+        "internal_error",
+    }  # fmt: skip
+    assert zero == {
+        ("sipgw_sip_messages_received_total", ""): 0.0,
+        ("sipgw_sip_messages_sent_total", ""): 0.0,
+        ("sipgw_sip_malformed_answered_total", ""): 0.0,
+        ("sipgw_sip_keepalives_total", ""): 0.0,
+        ("sipgw_sip_tcp_connections_accepted_total", ""): 0.0,
+        **{("sipgw_sip_dropped_total", reason): 0.0 for reason in DROP_REASONS},
+    }
+    stats.received += 3
+    stats.sent += 2
+    stats.rejected += 1
+    stats.keepalives += 4
+    stats.tcp_accepted += 1
+    stats.dropped_malformed += 5
+    stats.dropped_send_error += 1
+    assert scraped() == {
+        **zero,
+        ("sipgw_sip_messages_received_total", ""): 3.0,
+        ("sipgw_sip_messages_sent_total", ""): 2.0,
+        ("sipgw_sip_malformed_answered_total", ""): 1.0,
+        ("sipgw_sip_keepalives_total", ""): 4.0,
+        ("sipgw_sip_tcp_connections_accepted_total", ""): 1.0,
+        ("sipgw_sip_dropped_total", "malformed"): 5.0,
+        ("sipgw_sip_dropped_total", "send_error"): 1.0,
+    }
+
+
+def test_without_a_transport_there_are_no_transport_counters() -> None:
+    families = Gateway().families()
+    assert not [name for name in families if name.startswith(TRANSPORT_METRICS)]

@@ -27,9 +27,9 @@ from gateway.manage.errors import (
 from gateway.manage.mailer import SMTPMailer
 from gateway.manage.nodes import GatewayQueryError
 from gateway.manage.profiles import ProfileView
-from gateway.proxy.directory import load_directory
 from gateway.store.database import Store
 from gateway.store.models import MAX_BALANCE, CallRecord
+from gateway.web.directory import load_directory
 from tests.support.harness import free_port, random_loopback
 from tests.unit import test_mailer as mail
 from tests.unit import test_store as shared

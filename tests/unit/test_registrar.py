@@ -4,6 +4,8 @@ requests parsed from bytes and an explicit clock — no sockets, no sleeping."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from gateway.proxy.registrar import (
     RegistrarPolicy,
     build_register_response,
 )
+from gateway.proxy.service import RegistrationExpiry
 from sip.message import Request, Response
 from sip.parser import parse_datagram
 from tests.support.corpus import load_cases, require_corpus
@@ -496,6 +499,96 @@ def test_a_removed_binding_never_expires_later(service: LocationService) -> None
     service.register(SALES, REGISTER("<sip:a@pbx>", cseq=2, expires="0"), NAT, T0 + 1)
     assert service.next_expiry() is None
     assert service.expire(T0 + 100) == []
+
+
+def test_next_expiry_is_the_earliest_stored_binding(service: LocationService) -> None:
+    assert service.next_expiry() is None
+    service.register(SALES, REGISTER("<sip:a@pbx>", expires="600"), NAT, T0)
+    service.register(SUPPORT, REGISTER("<sip:s@pbx>", expires="300"), NAT, T0)
+    assert service.next_expiry() == T0 + 300  # across profiles
+    # A refresh moves the binding's expiry: the earliest is now the other one.
+    service.register(SUPPORT, REGISTER("<sip:s@pbx>", cseq=2, expires="900"), NAT, T0 + 10)
+    assert service.next_expiry() == T0 + 600
+    # A binding removed (Contact: *) expires never.
+    star = REGISTER("*", cseq=2, expires="0")
+    assert service.register(SALES, star, NAT, T0 + 20).ok
+    assert service.next_expiry() == T0 + 910
+    service.remove_profile(SUPPORT)
+    assert service.next_expiry() is None
+
+
+class ManualTimers:
+    """The event loop's part for :class:`RegistrationExpiry`: a clock moved
+    by hand and the timers armed on it."""
+
+    def __init__(self, now: float) -> None:
+        self.clock = now
+        self.timers: list[ManualTimer] = []
+
+    def now(self) -> float:
+        return self.clock
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> ManualTimer:
+        timer = ManualTimer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def armed(self) -> list[float]:
+        return [t.when for t in self.timers if not t.cancelled]
+
+    def advance(self, to: float) -> None:
+        """Move the clock to ``to``, firing what comes due in time order."""
+        self.clock = to
+        while due := [t for t in self.timers if not t.cancelled and t.when <= to]:
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            timer.callback()
+
+
+@dataclass(eq=False)
+class ManualTimer:
+    when: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_binding_disappears_at_its_expiry_on_the_timer(service: LocationService) -> None:
+    """RFC 3261 §10.3: a binding lapses at its expiry.  The timer stands at
+    the earliest expiry, one at a time, and moves when a REGISTER brings it
+    forward (the service re-arms it after each REGISTER)."""
+    timers = ManualTimers(T0)
+    expiry = RegistrationExpiry(service, timers)
+    service.register(SALES, REGISTER("<sip:short@pbx>", expires="60"), NAT, T0)
+    expiry.rearm()
+    service.register(SUPPORT, REGISTER("<sip:long@pbx>", expires="3600"), NAT, T0)
+    expiry.rearm()
+    assert timers.armed() == [T0 + 60] and expiry.armed_at == T0 + 60
+
+    timers.advance(T0 + 59.9)
+    assert len(service) == 2
+    timers.advance(T0 + 60)
+    assert service.profile_ids() == [SUPPORT] and len(service) == 1
+    assert timers.armed() == [T0 + 3600]
+
+    # A REGISTER brings the earliest expiry forward: the timer follows.
+    service.register(
+        SALES, REGISTER("<sip:again@pbx>", call_id="reg-2", expires="60"), NAT, T0 + 100
+    )
+    expiry.rearm()
+    assert timers.armed() == [T0 + 160]
+    timers.advance(T0 + 160)
+    assert service.profile_ids() == [SUPPORT]
+    assert timers.armed() == [T0 + 3600]
+
+    # The last binding removed: nothing left to arm for.
+    star = REGISTER("*", call_id="reg-3", expires="0")
+    assert service.register(SUPPORT, star, NAT, T0 + 200).ok
+    expiry.rearm()
+    assert timers.armed() == [] and expiry.armed_at is None
+    expiry.close()
 
 
 def test_counts_per_profile(service: LocationService) -> None:

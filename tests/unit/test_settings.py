@@ -26,6 +26,7 @@ from gateway.config.settings import (
 )
 from sip.settings import SIPSettings
 from sip.transport import MAX_TCP_CONNECTIONS
+from sip.uri import parse_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -576,6 +577,42 @@ def test_carrier_host_is_trusted_only_when_it_is_an_address() -> None:
     assert listed.trusted_sources == (CarrierSource("192.0.2.31"),)  # the list replaces the host
     assert not listed.trusts("192.0.2.30", 5060)
     assert not CarrierSettings().trusts("192.0.2.30", 5060)
+
+
+def test_the_carriers_exact_addresses_and_next_hop() -> None:
+    """What the call router asks per request (gateway.proxy.identify):
+    the exact addresses (a source with a port, the URI's own address when
+    its host is trusted) outrank an IP profile; any port of a trusted host
+    does not."""
+    carrier = settings_from_mapping(
+        {"carrier": {"uri": "sip:192.0.2.30:5070", "sources": ["192.0.2.30", "192.0.2.31:5080"]}}
+    ).carrier
+    assert carrier.next_hop() == ("UDP", "192.0.2.30", 5070)
+    assert carrier.trusts_exactly("192.0.2.30", 5070)  # the URI's own address
+    assert not carrier.trusts_exactly("192.0.2.30", 5071)  # trusted, but not exactly
+    assert carrier.trusts("192.0.2.30", 5071)
+    assert carrier.trusts_exactly("192.0.2.31", 5080)
+    assert not carrier.trusts("192.0.2.31", 5081)
+    named = settings_from_mapping({"carrier": {"uri": "sip:carrier.example.net"}}).carrier
+    assert named.next_hop() == ("UDP", "carrier.example.net", 5060)
+    assert not named.trusts_exactly("carrier.example.net", 5060)  # a name is never trusted
+    assert CarrierSettings().next_hop() is None
+    v6 = settings_from_mapping({"carrier": {"uri": "sip:[2001:db8::30]:5070;transport=tcp"}})
+    assert v6.carrier.next_hop() == ("TCP", "2001:db8::30", 5070)
+    assert v6.carrier.trusts_exactly("2001:DB8::30", 5070)
+
+
+def test_carrier_sources_may_be_given_as_plain_pairs() -> None:
+    """Built in code (tests of the call path), sources are (host, port)
+    pairs; they are kept as CarrierSource and compare equal to a load."""
+    built = CarrierSettings(uri=parse_uri("sip:192.0.2.30"), sources=(("192.0.2.31", None),))
+    assert built.sources == (CarrierSource("192.0.2.31"),)
+    assert str(built.sources[0]) == "192.0.2.31"
+    assert built.trusts("192.0.2.31", 1) and not built.trusts("192.0.2.30", 5060)
+    loaded = settings_from_mapping(
+        {"carrier": {"uri": "sip:192.0.2.30", "sources": ["192.0.2.31"]}}
+    ).carrier
+    assert built == loaded and hash(built) == hash(loaded)
 
 
 def test_database_and_carrier_overrides(tmp_path: Path) -> None:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
+from gateway.manage.paging import DEFAULT_LIMIT, MAX_LIMIT
+from gateway.manage.profiles import E164_PATTERN
+from gateway.store.models import BALANCE_SCALE, MAX_CHANNELS, NAME_MAX_LENGTH, PREFIX_MAX_LENGTH
+
 __all__ = ["OPENAPI_VERSION", "openapi_document"]
 
 OPENAPI_VERSION: Final = "3.1.0"
@@ -40,16 +44,17 @@ def _nullable(schema: Schema) -> Schema:
 
 
 STRING: Final[Schema] = {"type": "string"}
-NAME: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 64}
+NAME: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH}
 TIME: Final[Schema] = {"type": "string", "format": "date-time"}
-E164: Final[Schema] = {"type": "string", "pattern": r"^\+[1-9][0-9]{7,14}$"}
+E164: Final[Schema] = {"type": "string", "pattern": f"^{E164_PATTERN}$"}
 #: Money: a decimal string, exact to 4 places (a JSON number is a float).
 MONEY: Final[Schema] = {
     "type": "string",
-    "pattern": r"^-?[0-9]+(\.[0-9]{1,4})?$",
+    "pattern": rf"^-?[0-9]+(\.[0-9]{{1,{BALANCE_SCALE}}})?$",
     "examples": ["12.5000"],
 }
 COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
+CHANNEL_LIMIT: Final[Schema] = {"type": "integer", "minimum": 1, "maximum": MAX_CHANNELS}
 
 
 def _page_of(item: str) -> Schema:
@@ -58,7 +63,7 @@ def _page_of(item: str) -> Schema:
             "items": {"type": "array", "items": _ref(item)},
             "total": COUNT,
             "offset": COUNT,
-            "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
             "next_offset": _nullable(COUNT),
         }
     )
@@ -83,7 +88,7 @@ _PROFILE_PROPERTIES: Final[dict[str, Schema]] = {
     "transports": {"type": "array", "items": {"enum": ["udp", "tcp"]}},
     "ip": _nullable(STRING),
     "port": _nullable({"type": "integer", "minimum": 1, "maximum": 65535}),
-    "channel_limit": {"type": "integer", "minimum": 1, "maximum": 300},
+    "channel_limit": CHANNEL_LIMIT,
     "credit": MONEY,
     "numbers": {"type": "array", "items": E164},
     "incoming": _object(
@@ -139,13 +144,13 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "auth": {"enum": ["registration", "ip"]},
             "ip": STRING,
             "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "channel_limit": {"type": "integer", "minimum": 1, "maximum": 300},
+            "channel_limit": CHANNEL_LIMIT,
         },
         required=("name", "auth"),
     ),
     "ProfileUpdate": {
         **_object(
-            {"name": NAME, "channel_limit": {"type": "integer", "minimum": 1, "maximum": 300}},
+            {"name": NAME, "channel_limit": CHANNEL_LIMIT},
             required=(),
         ),
         "minProperties": 1,
@@ -212,7 +217,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "CallRecordPage": _page_of("CallRecord"),
     "Rate": _object(
         {
-            "prefix": {"type": "string", "pattern": "^([1-9][0-9]{0,14})?$"},
+            "prefix": {
+                "type": "string",
+                "pattern": f"^([1-9][0-9]{{0,{PREFIX_MAX_LENGTH - 1}}})?$",
+            },
             "price_per_minute": MONEY,
             "created_at": TIME,
         }
@@ -276,7 +284,7 @@ PARAMETERS: Final[dict[str, Schema]] = {
     "limit": _query_parameter(
         "limit",
         "items per page",
-        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     ),
     "since": _query_parameter(
         "since", "calls that started at or after (ISO 8601; UTC if no offset)", STRING

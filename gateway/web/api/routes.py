@@ -60,7 +60,7 @@ from gateway.manage.tokens import Principal, require_operator, visible_account
 from gateway.store.database import Store, StoreError
 from gateway.store.models import TokenRole
 from gateway.web.api.openapi import openapi_document
-from gateway.web.app import ADMISSION, DIRECTORY_REFRESH, ROUTER, SETTINGS, SIP_TRANSPORT, STORE
+from gateway.web.keys import ADMISSION, DIRECTORY_REFRESH, ROUTER, SETTINGS, SIP_TRANSPORT, STORE
 
 __all__ = [
     "API_PREFIX",
