@@ -5,8 +5,8 @@ what reads them (the REST API in :mod:`gateway.web.api.routes`, ``sipgw
 serve``) imports this module and not the app: the app imports the API, and
 the API importing the app back was a cycle.
 
-``SIP_SERVICE`` stays in :mod:`gateway.web.app`, next to its type
-:class:`~gateway.web.app.SIPService`; nothing else reads it.
+``SIP_SERVICE`` stays in :mod:`gateway.web.app`, which builds its
+:class:`~gateway.proxy.service.SIPService`; nothing else reads it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 driven without sockets, timers or an event loop (DESIGN.md: an explicit
 clock, never ``sleep``).
 
-:class:`FakeIO` plays the two things ``gateway.web.app.SIPService`` is for
+:class:`FakeIO` plays the two things ``gateway.proxy.service.SIPService`` is for
 the router, and nothing more:
 
 * the **transport**: :meth:`FakeIO.deliver` takes the bytes a peer sends,

@@ -278,7 +278,7 @@ class Dialog:
 
 
 class Gateway:
-    """A CallRouter wired as ``gateway.web.app.sip_ctx`` wires it, with fakes
+    """A CallRouter wired as ``gateway.web.app``'s router and calls contexts wire it, with fakes
     for the network, the clock, the records and the metrics."""
 
     def __init__(self, initial: Directory | None = None, **options: Any) -> None:
@@ -305,7 +305,7 @@ class Gateway:
             **options,
         )
         self.io.router = self.router
-        self.router.apply_directory(initial)  # the meter's first snapshot, as sip_ctx does
+        self.router.apply_directory(initial)  # the meter's first snapshot, as the router context does
 
     def deliver(self, data: str, source: Source) -> None:
         self.io.deliver(data, source)
@@ -316,7 +316,7 @@ class Gateway:
         self.io.run_ready()
 
     def shutdown(self) -> int:
-        """What sip_ctx does on the way out: end every call."""
+        """What the calls context does on the way out: end every call."""
         ended = self.router.end_all_calls()
         self.io.run_ready()
         return ended
