@@ -305,7 +305,7 @@ class Gateway:
             **options,
         )
         self.io.router = self.router
-        self.router.apply_directory(initial)  # the meter's first snapshot, as the router context does
+        self.router.apply_directory(initial)  # the meter's first snapshot (router context)
 
     def deliver(self, data: str, source: Source) -> None:
         self.io.deliver(data, source)
