@@ -125,7 +125,8 @@ async def _profile_create(
         port=args.port,
         channels=args.channels,
     )
-    document = await _document(store, view)
+    # The addresses just put in the e-mail, not read from the store again.
+    document = profiles.profile_document(view, gateway_addresses=addresses, transports=transports)
     document["email"] = {"sent": notice.emailed, "to": notice.recipient, "error": notice.error}
     text = output.profile_text(document) + "\nprofile created"
     if notice.emailed:

@@ -37,7 +37,7 @@ import aiohttp
 from sqlalchemy import delete, select, update
 
 from gateway.manage.errors import ProfileError
-from gateway.manage.profiles import GATEWAY_TRANSPORTS, ProfileView, Settle
+from gateway.manage.profiles import ProfileView, Settle
 from gateway.store.database import Store
 from gateway.store.models import GatewayNode, utcnow
 
@@ -45,7 +45,6 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "NODE_TTL",
     "SETTLE_TIMEOUT",
-    "TRANSPORTS",
     "GatewayQueryError",
     "NodeAnnouncer",
     "NodeView",
@@ -68,8 +67,6 @@ HEARTBEAT_INTERVAL = 5.0
 #: lost): four missed heartbeats, so a store busy for a few seconds does not
 #: make a live node disappear from the profile documents.
 NODE_TTL = 4 * HEARTBEAT_INTERVAL
-#: What every SIP listener serves (``sip.transport``: UDP and TCP on each).
-TRANSPORTS = GATEWAY_TRANSPORTS
 #: How long one ``/healthz`` question may take while waiting for a profile's
 #: calls to end.
 HEALTHZ_TIMEOUT = 2.0

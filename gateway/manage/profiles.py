@@ -97,6 +97,7 @@ __all__ = [
     "create_profile_and_notify",
     "delete_profile",
     "deletion_document",
+    "delivered_to",
     "deposit",
     "get_account",
     "get_profile",
@@ -1163,6 +1164,14 @@ def _host_port(host: str, port: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def delivered_to(view: ProfileView) -> str:
+    """Where inbound calls to the profile's numbers go: the registered PBX,
+    or an IP profile's IP:port."""
+    if view.auth_mode is AuthMode.REGISTRATION or view.ip is None:
+        return REGISTERED_PBX
+    return _host_port(view.ip, view.port)
+
+
 def profile_document(
     view: ProfileView,
     *,
@@ -1174,11 +1183,7 @@ def profile_document(
     and ``transports``: what the running gateways advertise,
     :mod:`gateway.manage.nodes`; empty when none runs), the credit, and the
     incoming calls: the numbers delivered and where to (the registered PBX,
-    or the IP:port)."""
-    if view.auth_mode is AuthMode.REGISTRATION or view.ip is None:
-        delivered_to = REGISTERED_PBX
-    else:
-        delivered_to = _host_port(view.ip, view.port)
+    or the IP:port, :func:`delivered_to`)."""
     return {
         "id": view.id,
         "name": view.name,
@@ -1194,7 +1199,7 @@ def profile_document(
         "channel_limit": view.channel_limit,
         "credit": str(view.credit),  # a string keeps the exact decimal
         "numbers": list(view.numbers),
-        "incoming": {"numbers": list(view.numbers), "delivered_to": delivered_to},
+        "incoming": {"numbers": list(view.numbers), "delivered_to": delivered_to(view)},
         "created_at": view.created_at.isoformat(),
     }
 

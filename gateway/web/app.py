@@ -31,8 +31,8 @@ from gateway.cluster.credit_share import CreditExchange
 from gateway.config.advertise import advertised_address, gateway_addresses, needs_advertise
 from gateway.config.settings import GatewaySettings, SIPServerSettings
 from gateway.manage.mailer import SMTPMailer
-from gateway.manage.nodes import TRANSPORTS, NodeAnnouncer, NodeView, new_node_id
-from gateway.manage.profiles import DIGEST_ALGORITHMS
+from gateway.manage.nodes import NodeAnnouncer, NodeView, new_node_id
+from gateway.manage.profiles import DIGEST_ALGORITHMS, GATEWAY_TRANSPORTS
 from gateway.proxy.directory import Directory
 from gateway.proxy.registrar import LocationService, RegistrarPolicy
 from gateway.proxy.router import CallRouter, CarrierSettings
@@ -321,7 +321,7 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         NodeView(
             node_id=new_node_id(),
             sip_addresses=tuple(gateway_addresses(settings.sip, app[SIP_TRANSPORT].listeners)),
-            transports=TRANSPORTS,
+            transports=GATEWAY_TRANSPORTS,
             http_address=None if http.port == 0 else str(http),
             started_at=utcnow(),
             seen_at=utcnow(),

@@ -367,7 +367,7 @@ async def _gateway_addresses(request: web.Request) -> tuple[list[str], list[str]
     own = gateway_addresses(sip, transport.listeners if transport is not None else sip.listen)
     addresses, transports = nodes.advertised(await nodes.live_nodes(_store(request)))
     addresses += [address for address in own if address not in addresses]
-    return addresses, transports or list(nodes.TRANSPORTS)
+    return addresses, transports or list(profiles.GATEWAY_TRANSPORTS)
 
 
 def _location(*segments: str) -> str:
@@ -464,7 +464,8 @@ async def create_profile(request: web.Request) -> web.Response:
         account=account,
         **fields,
     )
-    document = await _profile_document(request, view)
+    # The addresses just put in the e-mail, not read from the store again.
+    document = profiles.profile_document(view, gateway_addresses=addresses, transports=transports)
     document["email"] = {"sent": notice.emailed, "to": notice.recipient, "error": notice.error}
     location = _location("accounts", view.account, "profiles", view.name)
     return _json(document, 201, {"Location": location})
@@ -550,10 +551,8 @@ async def incoming(request: web.Request) -> web.Response:
         store, account=view.account, profile=view.name, offset=offset, limit=limit
     )
     document = profiles.page_document(page, [profiles.number_document(n) for n in page.items])
-    delivered_to = (await _profile_document(request, view))["incoming"]["delivered_to"]
-    return _json(
-        {"profile": view.name, "account": view.account, "delivered_to": delivered_to} | document
-    )
+    where = profiles.delivered_to(view)
+    return _json({"profile": view.name, "account": view.account, "delivered_to": where} | document)
 
 
 # ---------------------------------------------------------------------------
