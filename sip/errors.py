@@ -7,11 +7,6 @@ transport layer), never deep inside the parser.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sip.message import Message
-
 __all__ = ["ParseError", "SIPError"]
 
 
@@ -40,10 +35,4 @@ class ParseError(SIPError):
     decided by the caller: it can if the request line and the top Via are
     readable (RFC 3261 §8.2.6, §18.2.2), which is what
     :func:`sip.parser.salvage_request` finds out.
-
-    ``framed`` holds the messages a :class:`sip.parser.StreamParser` completed
-    before the bytes it refused, so a good message followed by garbage in one
-    TCP segment is still delivered.
     """
-
-    framed: tuple[Message, ...] = ()

@@ -18,7 +18,7 @@ from sip.headers import KNOWN_NAMES, Field, Headers, header_key_of
 from sip.message import Message, Request, Response
 from sip.settings import SIPSettings
 
-__all__ = ["StreamParser", "parse_datagram", "parse_message", "salvage_request"]
+__all__ = ["FramingError", "StreamParser", "parse_datagram", "parse_message", "salvage_request"]
 
 _DEFAULT = SIPSettings()
 _VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE)
@@ -140,12 +140,25 @@ def parse_message(data: bytes, settings: SIPSettings = _DEFAULT) -> Message:
     return parse_datagram(data, settings)
 
 
+class FramingError(ParseError):
+    """A byte stream that can no longer be framed (RFC 3261 §18.3).
+
+    ``framed`` holds the messages the same ``feed`` completed before the bad
+    bytes, so a good message followed by garbage in one TCP segment is still
+    delivered; the connection is closed after them.
+    """
+
+    def __init__(self, cause: ParseError, framed: tuple[Message, ...]) -> None:
+        super().__init__(cause.reason, status=cause.status)
+        self.framed = framed
+
+
 class StreamParser:
     """Frames messages out of a byte stream (TCP; RFC 3261 §18.3).
 
     ``feed`` returns the messages completed by the new bytes.  Content-Length
     is mandatory; the buffer is bounded by the settings' message size.  A
-    ``ParseError`` means the stream can no longer be framed: the connection
+    :class:`FramingError` means the stream can no longer be framed: the connection
     must be closed (after answering, if the error carries a message).
     ``keepalives`` counts the double-CRLF pings received (RFC 5626 §4.4.1),
     each owed a single-CRLF pong.
@@ -167,22 +180,21 @@ class StreamParser:
 
     @property
     def unparsed(self) -> bytes:
-        """The bytes received but not yet framed (after a ``ParseError``:
+        """The bytes received but not yet framed (after a ``FramingError``:
         the head that was refused, for :func:`salvage_request`)."""
         return bytes(self._buffer)
 
     def feed(self, data: bytes) -> list[Message]:
         """Add ``data``; return the messages it completes.
 
-        On a framing error the ``ParseError`` carries, in ``framed``, the
-        messages completed by ``data`` before the bad bytes.
+        Raises :class:`FramingError`, carrying in ``framed`` the messages
+        completed by ``data`` before the bad bytes.
         """
         out: list[Message] = []
         try:
             self._frame(data, out)
         except ParseError as error:
-            error.framed = tuple(out)
-            raise
+            raise FramingError(error, tuple(out)) from error
         return out
 
     def _frame(self, data: bytes, out: list[Message]) -> None:

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, Protocol, cast
 
 from sip.errors import ParseError
 from sip.message import Message, Request, Response, build_response
-from sip.parser import StreamParser, parse_datagram, salvage_request
+from sip.parser import FramingError, StreamParser, parse_datagram, salvage_request
 from sip.settings import SIPSettings
 
 __all__ = [
@@ -508,7 +508,7 @@ class TransportLayer:
             pings = parser.keepalives
             try:
                 messages = parser.feed(data)
-            except ParseError as error:
+            except FramingError as error:
                 # The stream cannot be framed any more (RFC 3261 §18.3):
                 # deliver what was framed before the bad bytes, answer the
                 # bad head if it can be read, then close.

@@ -1,7 +1,10 @@
 """The SIP-facing call path: the SIP service, the asyncio adapter between
 the transport and the sans-I/O core, with the transaction timer and the
-registrations' expiry timer (:mod:`.service`), the call router (identify,
-admit, route, release: :mod:`.router`), the in-memory profile directory it reads
+registrations' expiry timer (:mod:`.service`); the call router (identify,
+admit, route, release: :mod:`.router`); a call's life as a state enum and
+its transition table (:mod:`.call`); who a request is from, as a typed
+answer (a profile, the carrier, or a refusal with its SIP status:
+:mod:`.identify`); the in-memory profile directory the router reads
 (:mod:`.directory`) and the registrar's location service
 (:mod:`.registrar`).
 

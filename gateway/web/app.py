@@ -35,7 +35,7 @@ from gateway.manage.nodes import NodeAnnouncer, NodeView, new_node_id
 from gateway.manage.profiles import DIGEST_ALGORITHMS, GATEWAY_TRANSPORTS
 from gateway.proxy.directory import Directory
 from gateway.proxy.registrar import LocationService, RegistrarPolicy
-from gateway.proxy.router import CallRouter, CarrierSettings
+from gateway.proxy.router import CallRouter
 from gateway.proxy.service import RegistrationExpiry, SIPService
 from gateway.store.database import open_store
 from gateway.store.models import utcnow
@@ -100,11 +100,6 @@ def _admission(settings: GatewaySettings) -> AdmissionController:
     return MemoryAdmission()
 
 
-def _carrier(settings: GatewaySettings) -> CarrierSettings:
-    """The router takes the ``[carrier]`` settings as they are."""
-    return settings.carrier
-
-
 async def _cancel(*tasks: asyncio.Task[None]) -> None:
     """Cancel background tasks and wait until they are gone."""
     for task in tasks:
@@ -137,11 +132,12 @@ async def sip_service_ctx(app: web.Application) -> AsyncIterator[None]:
     transport = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
     layer = TransactionLayer(sip.core)
     # Read at scrape time: the router's current directory, live
-    # registrations, the transport's counters.
+    # registrations, the transport's and the router's counters.
     metrics = Metrics(
         lambda: app[ROUTER].directory,
         lambda: app[ROUTER].registrar.counts(service.now()),
         transport=lambda: transport.stats,
+        router=lambda: app[ROUTER].stats,
     )
     service = SIPService(transport, layer, metrics)
     app[SIP_TRANSPORT] = transport
@@ -208,7 +204,7 @@ async def router_ctx(app: web.Application) -> AsyncIterator[None]:
         # challenge; RFC 8760 §2.4 orders by preference with a SHOULD, and
         # reaching every PBX is the preference of a trunk.
         digest=DigestRealm(sip.realm, secrets.token_bytes(32), algorithms=DIGEST_ALGORITHMS),
-        carrier=_carrier(settings),
+        carrier=settings.carrier,
         own_addresses=[(listener.host, listener.port) for listener in transport.listeners],
         advertised=_advertised(sip, transport),
         observer=app[METRICS],

@@ -13,7 +13,8 @@ Two kinds, in the client_python style (docs/content/collector/custom.md):
 * a custom collector that reads the SIP transport's own counters
   (:class:`sip.transport.TransportStats`: messages in and out, keep-alives,
   TCP connections, what was dropped and why) at scrape time, so the
-  transport keeps counting in plain ints.
+  transport keeps counting in plain ints; one reads the router's
+  (:class:`gateway.proxy.router.RouterStats`) likewise.
 
 Label values stay bounded: account and profile names (one pair per
 profile: names are unique within an account only), SIP methods
@@ -33,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.proxy.directory import Directory, ProfileEntry
-from gateway.proxy.router import ReleaseReason
+from gateway.proxy.router import ReleaseReason, RouterStats
 from sip.transport import TransportStats
 
 __all__ = ["ADMISSION_RESULTS", "DROP_REASONS", "KNOWN_METHODS", "Metrics"]
@@ -147,6 +148,28 @@ class _TransportCollector(Collector):
         yield from (received, sent, answered, keepalives, accepted, dropped)
 
 
+class _RouterCollector(Collector):
+    """The router's counters (:class:`RouterStats`), read at scrape time."""
+
+    def __init__(self, stats: Callable[[], RouterStats]) -> None:
+        self._stats = stats
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "sipgw_call_state_errors",
+            "Events a call's state had no transition for (each a bug, logged; the call was ended).",
+        )
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        family.add_metric([], self._stats().call_state_errors)
+        yield family
+
+
 class _Tally:
     """One profile's counts of one counter, by label value (admission
     result, release reason), and when each value was first counted: the
@@ -228,6 +251,7 @@ class Metrics:
         directory: Callable[[], Directory],
         registration_counts: Callable[[], dict[int, int]],
         transport: Callable[[], TransportStats] | None = None,
+        router: Callable[[], RouterStats] | None = None,
     ) -> None:
         self.directory = directory
         self.registration_counts = registration_counts
@@ -255,6 +279,8 @@ class Metrics:
         r.register(_StateCollector(self))
         if transport is not None:
             r.register(_TransportCollector(transport))
+        if router is not None:
+            r.register(_RouterCollector(router))
         #: Per profile id: what is reported, under the directory's names.
         self._counts: dict[int, _ProfileCounts] = {}
 

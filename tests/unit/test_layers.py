@@ -10,8 +10,10 @@ The imports are read from the source with :mod:`ast`, never by importing:
 * ``from a import b`` is a dependency on the module ``a.b`` when ``a/b.py``
   (or the package ``a/b/``) exists, else on ``a``; relative imports are
   resolved against the importing module's package;
-* imports under ``if TYPE_CHECKING:`` are left out: they never run, and
-  mypy is at ease with cycles among annotations;
+* imports under ``if TYPE_CHECKING:`` are left out of the layer rules:
+  they never run.  The cycle check is made twice, without and with them,
+  so that a cycle is not merely hidden behind an annotation (issue 11 named
+  ``sip.errors`` -> ``sip.message``, an annotation-only cycle);
 * importing ``a.b.c`` runs the ``__init__`` of ``a`` and ``a.b`` first;
   those implicit edges are left out too, or every package whose
   ``__init__`` re-exports its modules (``sip``, ``admission``) would be a
@@ -99,18 +101,21 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _import_nodes(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+def _import_nodes(
+    node: ast.AST, *, annotations: bool = False
+) -> Iterator[ast.Import | ast.ImportFrom]:
     """Every import statement in ``node``, at any depth, but those under
-    ``if TYPE_CHECKING:`` (their ``else:`` branch does run)."""
+    ``if TYPE_CHECKING:`` (their ``else:`` branch does run) unless
+    ``annotations``."""
     if isinstance(node, ast.Import | ast.ImportFrom):
         yield node
         return
-    if isinstance(node, ast.If) and _is_type_checking(node.test):
+    if isinstance(node, ast.If) and _is_type_checking(node.test) and not annotations:
         children: list[ast.AST] = list(node.orelse)
     else:
         children = list(ast.iter_child_nodes(node))
     for child in children:
-        yield from _import_nodes(child)
+        yield from _import_nodes(child, annotations=annotations)
 
 
 def _existing(name: str, modules: Mapping[str, object]) -> str | None:
@@ -125,13 +130,19 @@ def _existing(name: str, modules: Mapping[str, object]) -> str | None:
 
 
 def imports_of(
-    source: str, module: str, modules: Mapping[str, object], *, is_package: bool = False
+    source: str,
+    module: str,
+    modules: Mapping[str, object],
+    *,
+    is_package: bool = False,
+    annotations: bool = False,
 ) -> set[str]:
     """The modules among ``modules`` that ``source`` (the text of ``module``)
-    imports, resolved as the module docstring says."""
+    imports, resolved as the module docstring says; with ``annotations``,
+    the TYPE_CHECKING imports as well."""
     package = module if is_package else module.rpartition(".")[0]
     targets: set[str] = set()
-    for node in _import_nodes(ast.parse(source)):
+    for node in _import_nodes(ast.parse(source), annotations=annotations):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -153,11 +164,20 @@ def imports_of(
     return targets
 
 
-def import_graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> Graph:
-    """Module -> the modules of ``packages`` it imports."""
+def import_graph(
+    root: Path = ROOT, packages: tuple[str, ...] = PACKAGES, *, annotations: bool = False
+) -> Graph:
+    """Module -> the modules of ``packages`` it imports (with
+    ``annotations``, also those it imports for type checking only)."""
     modules = modules_under(root, packages)
     return {
-        module: imports_of(path.read_text(), module, modules, is_package=path.name == "__init__.py")
+        module: imports_of(
+            path.read_text(),
+            module,
+            modules,
+            is_package=path.name == "__init__.py",
+            annotations=annotations,
+        )
         for module, path in modules.items()
     }
 
@@ -315,8 +335,16 @@ def test_the_walk_sees_what_is_hidden(graph: Graph) -> None:
     # admission's __init__ imports its Redis backend in __getattr__ and
     # under TYPE_CHECKING: the first counts.
     assert "admission.redis" in graph["admission"]
-    # sip.errors names sip.message for an annotation only.
-    assert "sip.message" not in graph["sip.errors"]
+    assert "admission.redis" in import_graph(annotations=True)["admission"]
+
+
+def test_no_import_cycle_even_among_annotations() -> None:
+    """A cycle that only type checking sees is still two modules that
+    know each other (issue 11: ``sip.errors`` named ``sip.message`` for the
+    ``framed`` messages, which now live on ``sip.parser.FramingError``)."""
+    annotated = import_graph(annotations=True)
+    assert cycles(annotated) == []
+    assert not {module for module in annotated["sip.errors"] if module.startswith("sip.")}
 
 
 # -- the checker can fail -----------------------------------------------------
@@ -334,7 +362,7 @@ MADE_UP: dict[str, str] = {
         "from typing import TYPE_CHECKING\n"
         "from gateway.store.database import Store  # the call path reading the store\n"
         "if TYPE_CHECKING:\n"
-        "    from gateway.web import app  # not counted\n"
+        "    from gateway.web import app  # counted only among annotations\n"
     ),
     "gateway.web": "",
     "gateway.web.app": "from ..proxy import router\n",
@@ -363,6 +391,15 @@ def test_the_checker_reports_a_cycle_and_a_forbidden_import() -> None:
     # proxy reach the store through billing.
     assert violations(graph, never={}) == [
         "sip.message (sip) imports gateway.proxy.router (gateway.proxy)",
+    ]
+    # Among annotations, the router and the app know each other.
+    annotated = {
+        module: imports_of(source, module, MADE_UP, is_package=module in packages, annotations=True)
+        for module, source in MADE_UP.items()
+    }
+    assert cycles(annotated) == [
+        ["gateway.proxy.router", "gateway.web.app", "gateway.proxy.router"],
+        ["gateway.store.database", "gateway.store.models", "gateway.store.database"],
     ]
 
 

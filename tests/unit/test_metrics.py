@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.proxy.directory import Directory, ProfileEntry
-from gateway.proxy.router import ReleaseReason
+from gateway.proxy.router import ReleaseReason, RouterStats
 from gateway.web.metrics import DROP_REASONS, Metrics
 from sip.transport import TransportStats
 
@@ -268,3 +268,23 @@ def test_the_transport_counters_are_read_at_scrape_time() -> None:
 def test_without_a_transport_there_are_no_transport_counters() -> None:
     families = Gateway().families()
     assert not [name for name in families if name.startswith(TRANSPORT_METRICS)]
+
+
+def test_the_router_counters_are_read_at_scrape_time() -> None:
+    """``RouterStats.call_state_errors`` (a call event with no row in the
+    state table) is ``sipgw_call_state_errors_total``, as it is then."""
+    stats = RouterStats()
+    metrics = Metrics(lambda: Directory(()), dict, router=lambda: stats)
+
+    def scraped() -> float | None:
+        text = generate_latest(metrics.registry).decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "sipgw_call_state_errors_total":
+                    return sample.value
+        return None
+
+    assert scraped() == 0.0
+    stats.call_state_errors += 2
+    assert scraped() == 2.0
+    assert "sipgw_call_state_errors" not in Gateway().families()  # no router, no family

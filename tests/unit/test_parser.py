@@ -6,7 +6,7 @@ import pytest
 
 from sip.errors import ParseError
 from sip.message import Request, Response
-from sip.parser import StreamParser, parse_datagram
+from sip.parser import FramingError, StreamParser, parse_datagram
 from sip.settings import SIPSettings
 from tests.support.messages import INVITE, RESPONSE
 
@@ -131,7 +131,8 @@ def test_stream_buffer_is_bounded() -> None:
 
 def test_stream_error_keeps_the_messages_framed_before_it() -> None:
     parser = StreamParser()
-    with pytest.raises(ParseError) as info:
+    with pytest.raises(FramingError) as info:
         parser.feed(INVITE + b"GARBAGE WITHOUT VERSION\r\nVia: x\r\n\r\n")
     assert [m.to_bytes() for m in info.value.framed] == [INVITE]
+    assert info.value.status == 400
     assert parser.unparsed.startswith(b"GARBAGE")
