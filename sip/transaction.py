@@ -142,6 +142,10 @@ class Input(enum.Enum):
     TU_1XX = "1xx from TU"
     TU_2XX = "2xx from TU"
     TU_300_699 = "300-699 from TU"
+    # From the TU, to an INVITE client transaction: no final response came
+    # 64*T1 after the TU's CANCEL, so it is considered cancelled and
+    # destroyed (§9.1).  Only Proceeding needs it (Calling ends by Timer B).
+    TU_ABANDON = "abandoned by TU"
     # From the transport: a message of this transaction could not be sent.
     TRANSPORT_ERROR = "Transport Err."
     # Timers (RFC 3261 Table 4; L and M from RFC 6026 §8.7, §8.4).
@@ -608,7 +612,9 @@ class InviteClientTransaction(ClientTransaction):
     the transaction passes 2xx retransmissions (and 2xx from other forks) up
     until Timer M, so they are not mistaken for strays.  Timer B only runs in
     Calling: once a provisional response arrived, ending the call is the
-    TU's business (a proxy's Timer C, §16.8).
+    TU's business (a proxy's Timer C, §16.8), and so is giving the
+    transaction up when its CANCEL gets no final answer
+    (:meth:`TransactionLayer.abandon`, §9.1).
     """
 
     __slots__ = ("_ack",)
@@ -627,6 +633,13 @@ class InviteClientTransaction(ClientTransaction):
             (_S.PROCEEDING, _I.RESP_2XX): _to(_S.ACCEPTED, _E.DELIVER_RESPONSE),
             (_S.PROCEEDING, _I.RESP_300_699): _to(_S.COMPLETED, _E.SEND_ACK, _E.DELIVER_RESPONSE),
             (_S.PROCEEDING, _I.TRANSPORT_ERROR): IGNORE,
+            # §9.1: no final response 64*T1 after the CANCEL.  Elsewhere the
+            # transaction ends by its own timers (B in Calling, D, M).
+            (_S.PROCEEDING, _I.TU_ABANDON): _to(_S.TERMINATED),
+            (_S.CALLING, _I.TU_ABANDON): IGNORE,
+            (_S.COMPLETED, _I.TU_ABANDON): IGNORE,
+            (_S.ACCEPTED, _I.TU_ABANDON): IGNORE,
+            (_S.TERMINATED, _I.TU_ABANDON): IGNORE,
             # Completed: retransmitted non-2xx finals are ACKed again, not
             # passed up (§17.1.1.2).  A 2xx here comes from another branch of
             # a forking proxy (§16.7 step 5 forwards every 2xx); the TU must
@@ -1257,6 +1270,16 @@ class TransactionLayer:
             tx = found
         out = tx.send_response(response, now)
         self._settle(tx)
+        return out
+
+    def abandon(self, transaction: InviteClientTransaction, now: float) -> list[Action]:
+        """The TU gives up an INVITE it CANCELled (RFC 3261 §9.1: no final
+        response within 64*T1 of the CANCEL).  A transaction still in
+        Proceeding ends (:class:`Terminated`); in any other state it is
+        left to its own timers."""
+        out: list[Action] = []
+        transaction._handle(Input.TU_ABANDON, now, None, out)
+        self._settle(transaction)
         return out
 
     def cancelled_transaction(self, cancel: Request) -> InviteServerTransaction | None:

@@ -161,6 +161,7 @@ class CallEffect(enum.Enum):
     admission are done by the router around the event, in every state.)"""
 
     FORWARD_INVITE = "forward INVITE"  # RFC 3261 §16.6, arming Timer C (step 11)
+    RESET_TIMER_C = "reset Timer C"  # RFC 3261 §16.7 step 2: a provisional other than 100
     # The first 2xx: start charging, learn the dialog, time the ACK, the
     # session and the maximum duration.
     ANSWER = "answer"
@@ -237,7 +238,7 @@ _ROWS: dict[CallState, dict[CallEvent, _Row]] = {
         _E.SESSION_REFRESH: _row(None),
     },
     _S.TRYING: {
-        _E.RESP_1XX: _row(_S.EARLY),
+        _E.RESP_1XX: _row(_S.EARLY, _F.RESET_TIMER_C),
         _E.RESP_2XX: _row(_S.ACCEPTED, _F.ANSWER),
         _E.RESP_300_699: _row(_S.TERMINATED, _F.RELEASE, reason=_R.REJECTED),
         _E.TIMEOUT: _row(_S.TERMINATED, _F.REPLY_408, _F.RELEASE, reason=_R.TIMEOUT),
@@ -255,7 +256,7 @@ _ROWS: dict[CallState, dict[CallEvent, _Row]] = {
         _E.SESSION_REFRESH: _row(None),  # an UPDATE in the early dialog (RFC 3311)
     },
     _S.EARLY: {
-        _E.RESP_1XX: _row(None),
+        _E.RESP_1XX: _row(None, _F.RESET_TIMER_C),
         _E.RESP_2XX: _row(_S.ACCEPTED, _F.ANSWER),
         _E.RESP_300_699: _row(_S.TERMINATED, _F.RELEASE, reason=_R.REJECTED),
         _E.TIMEOUT: _row(_S.TERMINATED, _F.REPLY_408, _F.RELEASE, reason=_R.TIMEOUT),
@@ -270,7 +271,7 @@ _ROWS: dict[CallState, dict[CallEvent, _Row]] = {
         _E.SESSION_REFRESH: _row(None),
     },
     _S.CANCELLING: {
-        _E.RESP_1XX: _row(None),
+        _E.RESP_1XX: _row(None, _F.RESET_TIMER_C),
         # RFC 3261 §9.1, §16.10: a 2xx crossing the CANCEL wins; the call
         # is up and the caller hangs up with BYE if it still wants to.
         _E.RESP_2XX: _row(_S.ACCEPTED, _F.ANSWER),
@@ -414,4 +415,5 @@ class Call:
     price: Decimal | None = None  # per minute; outbound calls only
     final_status: int = 0
     timers: list[Any] = field(default_factory=list)
+    timer_c: Any = None  # RFC 3261 §16.8: how long it may ring (reset by each 1xx)
     session_timer: Any = None  # RFC 4028: when the session expires unless refreshed

@@ -77,6 +77,7 @@ from sip.transaction import (
     ClientTransaction,
     DeliverRequest,
     DeliverResponse,
+    InviteClientTransaction,
     Overload,
     ServerTransaction,
     StrayAck,
@@ -867,13 +868,20 @@ class CallRouter:
             return
         call.client_tx = client_tx
         self._relays[client_tx] = _Relay(call.server_tx, call, initial_invite=True)
-        call.timers.append(
-            self.io.call_at(
-                self.io.now() + self.layer.settings.timer_c,
-                lambda: self._fire(call, CallEvent.TIMER_C),
-            )
-        )
+        self._reset_timer_c(call, response, why, reason)
         self.run(actions)
+
+    def _reset_timer_c(
+        self, call: Call, response: Response | None, why: str, reason: str | None
+    ) -> None:
+        """(Re)arm Timer C: when the INVITE is forwarded (RFC 3261 §16.6
+        step 11) and at each provisional answer but 100 (§16.7 step 2)."""
+        if call.timer_c is not None:
+            call.timer_c.cancel()
+        call.timer_c = self.io.call_at(
+            self.io.now() + self.layer.settings.timer_c,
+            lambda: self._fire(call, CallEvent.TIMER_C),
+        )
 
     def _answer(self, call: Call, response: Response | None, why: str, reason: str | None) -> None:
         """The callee answered (the first 2xx): an outbound call starts
@@ -959,6 +967,15 @@ class CallRouter:
         except TransactionError:
             return
         self.run(actions)
+        invite_tx = call.client_tx
+        if isinstance(invite_tx, InviteClientTransaction):
+            # §9.1: no final answer 64*T1 after the CANCEL, the INVITE's
+            # client transaction is destroyed (it has no timer of its own
+            # past a 1xx).  Not a call timer: the call may be over already.
+            self.io.call_at(
+                self.io.now() + self.layer.settings.timer_b,
+                lambda: self.run(self.layer.abandon(invite_tx, self.io.now())),
+            )
 
     def _arm_cancel_timeout(
         self, call: Call, response: Response | None, why: str, reason: str | None
@@ -1059,6 +1076,9 @@ class CallRouter:
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
+        if call.timer_c is not None:
+            call.timer_c.cancel()
+            call.timer_c = None
         if call.session_timer is not None:
             call.session_timer.cancel()
             call.session_timer = None

@@ -461,19 +461,18 @@ def test_a_cancel_the_carrier_never_answers_is_answered_487_after_timer_b() -> N
     assert gw.records.of("cancel-ignored").final_status == 487
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router leak: a CANCELled INVITE that got a 1xx and never a final answer keeps"
-    " its client transaction (no Timer B past a 1xx) and its relay forever; RFC 3261"
-    " §9.1 destroys it 64*T1 after the CANCEL",
-)
 def test_a_cancel_the_carrier_never_answers_leaves_nothing_behind() -> None:
+    """RFC 3261 §9.1: 64*T1 after the CANCEL with no final answer, the
+    caller has its 487 and the INVITE's client transaction (which has no
+    timer of its own past a 1xx) and its relay are gone."""
     gw = Gateway()
     text, _ = gw.ringing_call("cancel-ignored")
     gw.deliver(cancel_of(text), PBX)
     gw.io.advance(SIXTY_FOUR_T1 + 0.01)
     assert gw.channels() == {}
-    gw.assert_idle()  # fails today: tracked == 1, one INVITE client transaction
+    assert gw.io.statuses(to=PBX, call_id="cancel-ignored")[-1] == 487
+    assert gw.layer.client_count == 0  # the 487 still waits for its ACK
+    gw.assert_idle()
 
 
 def test_a_final_non_2xx_from_the_carrier() -> None:
@@ -549,6 +548,37 @@ def test_timer_c_a_carrier_that_rings_forever_is_cancelled_and_answered_408() ->
     assert gw.io.statuses(to=PBX, call_id="rings") == [100, 180, 408]
     assert gw.observed.releases == [("pbx", "timeout")]
     assert gw.records.of("rings").final_status == 408
+    gw.assert_idle()
+
+
+def test_timer_c_restarts_at_each_provisional_answer() -> None:
+    """RFC 3261 §16.7 step 2: a provisional answer other than 100 resets
+    Timer C; a 100 does not."""
+    gw = Gateway()
+    _, invite = gw.ringing_call("rings-long")
+    gw.io.advance(SETTINGS.timer_c - 10)
+    gw.deliver(answer(invite, 100), CARRIER)
+    gw.deliver(answer(invite, 183), CARRIER)  # Timer C starts again now
+    gw.io.advance(20)  # past the first Timer C
+    assert gw.io.requests("CANCEL", to=CARRIER) == []
+    assert gw.channels() == {PBX_ID: 1}
+    gw.io.advance(SETTINGS.timer_c - 20 - 0.01)
+    assert gw.io.requests("CANCEL", to=CARRIER) == []
+    gw.io.advance(0.02)
+    gw.io.last("CANCEL", to=CARRIER, call_id="rings-long")
+    assert gw.io.statuses(to=PBX, call_id="rings-long") == [100, 180, 183, 408]
+    assert gw.channels() == {}
+    gw.carrier_cancelled(invite)
+    gw.assert_idle()
+
+
+def test_timer_c_with_a_carrier_that_ignores_the_cancel_leaves_nothing_behind() -> None:
+    gw = Gateway()
+    gw.ringing_call("rings-deaf")
+    gw.io.advance(SETTINGS.timer_c + 0.01)
+    assert gw.io.statuses(to=PBX, call_id="rings-deaf") == [100, 180, 408]
+    gw.io.advance(SIXTY_FOUR_T1)  # §9.1: the INVITE client transaction goes
+    assert gw.router.tracked == 0 and gw.layer.client_count == 0
     gw.assert_idle()
 
 

@@ -244,6 +244,27 @@ def test_invite_client_provisional_stops_timers_a_and_b() -> None:
     assert kinds(layer.receive(resp(183), CARRIER, 5.0)) == ["DeliverResponse"]
 
 
+def test_invite_client_abandoned_after_cancel_ends_only_in_proceeding() -> None:
+    """RFC 3261 §9.1: no final response 64*T1 after the CANCEL, the TU
+    destroys the INVITE client transaction; past Proceeding it is left to
+    its own timers."""
+    layer = TransactionLayer()
+    tx, _ = layer.send_request(outgoing(), CARRIER, 0.0)
+    assert isinstance(tx, InviteClientTransaction)
+    assert layer.abandon(tx, 0.1) == []  # Calling: Timer B will end it
+    assert state_of(tx) is State.CALLING and layer.next_deadline() is not None
+    layer.receive(resp(180), CARRIER, 0.2)
+    actions = layer.abandon(tx, 40.0)
+    assert kinds(actions) == ["Terminated"] and len(layer) == 0
+    assert layer.abandon(tx, 41.0) == []  # twice is harmless
+    assert kinds(layer.receive(resp(487), CARRIER, 42.0)) == ["StrayResponse"]
+    answered, _ = layer.send_request(outgoing(branch="z9hG4bKgw2"), CARRIER, 50.0)
+    assert isinstance(answered, InviteClientTransaction)
+    layer.receive(resp(200, branch="z9hG4bKgw2"), CARRIER, 50.5)
+    assert layer.abandon(answered, 51.0) == []  # Accepted: Timer M ends it
+    assert state_of(answered) is State.ACCEPTED
+
+
 def test_invite_client_acks_non_2xx_and_timer_d() -> None:
     layer = TransactionLayer()
     invite = outgoing()
