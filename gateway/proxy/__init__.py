@@ -4,7 +4,9 @@ registrations' expiry timer (:mod:`.service`); the call router (identify,
 admit, route, release: :mod:`.router`); a call's life as a state enum and
 its transition table (:mod:`.call`); who a request is from, as a typed
 answer (a profile, the carrier, or a refusal with its SIP status:
-:mod:`.identify`); the in-memory profile directory the router reads
+:mod:`.identify`); in-dialog routing and the gateway's own BYEs
+(:mod:`.dialog`); the gateway's own address in what it sends, and which
+URIs and Vias are its own (:mod:`.own`); the in-memory profile directory the router reads
 (:mod:`.directory`) and the registrar's location service
 (:mod:`.registrar`).
 

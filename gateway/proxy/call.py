@@ -40,7 +40,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from gateway.billing.cdr import new_record_key
+from gateway.billing.cdr import CallRecordEntry, new_record_key
 from gateway.proxy.directory import ProfileEntry
 from sip.message import Request
 from sip.transaction import ClientTransaction, ServerTransaction
@@ -417,3 +417,24 @@ class Call:
     timers: list[Any] = field(default_factory=list)
     timer_c: Any = None  # RFC 3261 §16.8: how long it may ring (reset by each 1xx)
     session_timer: Any = None  # RFC 4028: when the session expires unless refreshed
+
+    def record(
+        self, *, ended_at: datetime, duration_ms: int, status: int, cost: Decimal
+    ) -> CallRecordEntry:
+        """The call's record for the writer (raises ``ValueError`` on a
+        field the record cannot hold).  Only for a call that started."""
+        assert self.started_at is not None
+        return CallRecordEntry(
+            record_key=self.record_key,
+            profile_id=self.profile.id,
+            call_id=self.call_id,
+            direction=self.direction,
+            caller=self.caller,
+            callee=self.callee,
+            started_at=self.started_at,
+            answered_at=self.answered_at,
+            ended_at=ended_at,
+            duration_ms=duration_ms,
+            final_status=status,
+            cost=cost,
+        )

@@ -34,9 +34,8 @@ Trust (RFC 3261 §22, §26):
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
-import secrets
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,19 +48,19 @@ from gateway.billing.credit import CreditMeter, CreditShare, elapsed_ms, longest
 from gateway.billing.guard import CreditGuard
 from gateway.config.settings import CarrierSettings
 from gateway.proxy.call import ROWS, Call, CallEffect, CallEvent, CallState, Hop, ReleaseReason
+from gateway.proxy.dialog import byes_of, from_caller, next_hop
 from gateway.proxy.directory import Directory, ProfileEntry
 from gateway.proxy.identify import Caller, FromCarrier, Refused, by_address, by_digest
+from gateway.proxy.own import OwnAddress
 from gateway.proxy.registrar import LocationService, build_register_response
 from sip.digest import DigestRealm
 from sip.errors import ParseError, SIPError
-from sip.headers import Address, Via
 from sip.message import Message, Request, Response, build_response
 from sip.proxy import (
     ProxyError,
     build_cancel,
     check_request,
     forward_request,
-    make_branch,
     pop_own_routes,
     relay_response,
 )
@@ -119,6 +118,8 @@ ALLOWED_METHODS = (
 )
 #: Methods that only exist inside a dialog.
 DIALOG_METHODS = frozenset({"BYE", "UPDATE", "INFO", "PRACK"})
+#: The reason phrase of our 503 when the next hop cannot be reached.
+_UNREACHABLE = "Next hop unreachable"
 #: Request-URI schemes we can route (RFC 3261 §8.2.2.1, §16.3 step 2; RFC 3966).
 SUPPORTED_URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 #: Body types we accept (RFC 3261 §11.2: Accept in the OPTIONS answer).
@@ -254,9 +255,7 @@ class CallRouter:
         self.registrar = registrar
         self.digest = digest
         self.carrier = carrier
-        self.advertised = advertised
-        self._own = {(h.lower().strip("[]"), p) for h, p in own_addresses}
-        self._own.add((advertised[0].lower().strip("[]"), advertised[1]))
+        self.own = OwnAddress(advertised, own_addresses)
         self.stats = RouterStats()
         self.observer: RouterObserver = observer if observer is not None else _Unobserved()
         self.max_call_duration = max_call_duration
@@ -268,12 +267,16 @@ class CallRouter:
         self.calls: dict[str, Call] = {}
         self._relays: dict[ClientTransaction, _Relay] = {}
         self._by_server_tx: dict[ServerTransaction, Call] = {}
-        self._unique = itertools.count()
-        self._instance = secrets.token_hex(3)
         # Each effect of the call table is carried out by the method of its
-        # name (CallEffect.CANCEL_DOWNSTREAM: _cancel_downstream).
+        # name (CallEffect.CANCEL_DOWNSTREAM: _cancel_downstream), but the
+        # final answers (REPLY_408: _reply_final with 408).
         self._effects: dict[CallEffect, _Effect] = {
-            effect: getattr(self, f"_{effect.name.lower()}") for effect in CallEffect
+            effect: (
+                functools.partial(self._reply_final, status=int(effect.name[6:]))
+                if effect.name.startswith("REPLY_")
+                else getattr(self, f"_{effect.name.lower()}")
+            )
+            for effect in CallEffect
         }
 
     @property
@@ -535,7 +538,7 @@ class CallRouter:
             return
         # RFC 3261 §16.3: Max-Forwards (step 3) and loops (step 4) are
         # checked before Proxy-Authorization (step 6).
-        check_request(request, self._is_own_via)
+        check_request(request, self.own.is_own_via)
         caller = self._caller(request)
         if isinstance(caller, Refused):
             self._turn_away(tx, request, caller)
@@ -660,7 +663,7 @@ class CallRouter:
         extra = None
         if text is not None:
             extra = [
-                ("Warning", f'399 {self._host_port()} "{text}"'),
+                ("Warning", f'399 {self.own.host_port} "{text}"'),
                 ("Reason", f'SIP;cause={status};text="{text}"'),
             ]
         self._respond(call.server_tx, call.server_tx.request, status, reason, extra=extra)
@@ -722,7 +725,7 @@ class CallRouter:
             self._fire(call, CallEvent.TIMEOUT if timeout else CallEvent.TRANSPORT_ERROR)
             return
         status = 408 if timeout else 503
-        reason = "Request Timeout" if timeout else "Next hop unreachable"
+        reason = "Request Timeout" if timeout else _UNREACHABLE
         self._respond(relay.server_tx, relay.server_tx.request, status, reason)
 
     def _on_terminated(self, tx: Any) -> None:
@@ -749,51 +752,8 @@ class CallRouter:
         return False
 
     # -- in-dialog requests (RFC 3261 §12.2, §16.4) ---------------------------------
-    def _dialog_call(self, request: Request) -> Call | None:
-        return self.calls.get(request.call_id)
-
-    def _from_pbx(self, request: Request, call: Call) -> bool:
-        """Whether an in-dialog request comes from the profile's PBX (else
-        from the carrier side).  Most specific first, as in
-        :func:`gateway.proxy.identify.by_address`: the PBX's own flow (where
-        its INVITE came from, or where we sent the INVITE to it) is the
-        PBX's, even on the carrier's host.  Else, on an outbound call, the
-        request is the carrier's (its next hop may send from another
-        address than the one we sent to); on an inbound call, a trusted
-        carrier address is the carrier's and anything else the PBX's (a
-        registered PBX may send from another port than the one it
-        registered from)."""
-        source = request.source
-        assert source is not None
-        host, port = source[1].lower(), source[2]
-        if (host, port) == (call.pbx.host.lower(), call.pbx.port):
-            return True
-        if call.direction == "outbound":
-            return False
-        return not self.carrier.trusts(host, port)
-
-    def _from_caller(self, request: Request, call: Call) -> bool:
-        return self._from_pbx(request, call) == (call.direction == "outbound")
-
-    def _next_hop(self, request: Request, call: Call) -> Hop:
-        """Towards the PBX: the flow we know (RFC 3581, NAT).  Towards the
-        carrier: the next Route, else the Request-URI; a peer that ignored
-        our Record-Route and addressed the gateway itself gets the carrier
-        side of the call."""
-        if not self._from_pbx(request, call):
-            return call.pbx
-        routes = request.routes
-        uri = routes[0].uri if routes else request.uri
-        if self._is_own_uri(uri) and call.carrier_side is not None:
-            if not routes and call.carrier_contact is not None:
-                request.uri = call.carrier_contact  # the remote target (RFC 3261 §12.2.1.1)
-            return call.carrier_side
-        transport = (uri.param("transport") or "udp").upper()
-        uri_port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        return Hop(transport, uri.host.strip("[]"), uri_port)
-
     def _in_dialog(self, tx: ServerTransaction, request: Request) -> None:
-        call = self._dialog_call(request)
+        call = self.calls.get(request.call_id)
         if call is None:
             self._respond(tx, request, 481)
             return
@@ -804,13 +764,13 @@ class CallRouter:
             tx, request
         ):
             return
-        if self._from_caller(request, call):
+        if from_caller(request, call, self.carrier):
             call.caller_cseq = max(call.caller_cseq, request.cseq.number)
         else:
             call.callee_cseq = max(call.callee_cseq, request.cseq.number)
-        pop_own_routes(request, self._is_own_uri)
-        hop = self._next_hop(request, call)
-        forwarded = forward_request(request, via=self._via(request, hop.transport))
+        pop_own_routes(request, self.own.is_own_uri)
+        hop = next_hop(request, call, self.carrier, self.own)
+        forwarded = forward_request(request, via=self.own.via(request, hop.transport))
         if request.method == "BYE":
             self._fire(call, CallEvent.BYE)  # RFC 3261 §15.1.2; forwarded all the same
         try:
@@ -828,20 +788,17 @@ class CallRouter:
         statelessly along the route set (RFC 3261 §16.11, §13.2.2.4)."""
         if logger.isEnabledFor(logging.DEBUG):
             _debug_request(ack)
-        call = self._dialog_call(ack)
+        call = self.calls.get(ack.call_id)
         if call is None:
             return
         self._fire(call, CallEvent.ACK)
         if ack.max_forwards == 0:
             return
-        pop_own_routes(ack, self._is_own_uri)
-        hop = self._next_hop(ack, call)
-        # A stateless branch: the same for every retransmission of this ACK.
-        branch = make_branch(ack, "a" + (ack.top_via.branch or "")[-12:])
-        via = Via(
-            hop.transport, self.advertised[0], self.advertised[1], {"branch": branch, "rport": None}
+        pop_own_routes(ack, self.own.is_own_uri)
+        hop = next_hop(ack, call, self.carrier, self.own)
+        self.io.send_request(
+            forward_request(ack, via=self.own.ack_via(ack, hop.transport)), hop, None
         )
-        self.io.send_request(forward_request(ack, via=via), hop, None)
 
     # -- the effects of the call table (CallEffect) ---------------------------------------
     def _forward_invite(
@@ -854,9 +811,9 @@ class CallRouter:
         assert hop is not None and target is not None
         forwarded = forward_request(
             request,
-            via=self._via(request, hop.transport),
+            via=self.own.via(request, hop.transport),
             target=target,
-            record_route=Address.build(self._record_route_uri()),
+            record_route=self.own.record_route(),
         )
         call.invite = forwarded
         try:
@@ -989,25 +946,14 @@ class CallRouter:
             )
         )
 
-    def _reply_408(
-        self, call: Call, response: Response | None, why: str, reason: str | None
+    def _reply_final(
+        self, call: Call, response: Response | None, why: str, reason: str | None, status: int
     ) -> None:
-        self._respond(call.server_tx, call.server_tx.request, 408)
-
-    def _reply_487(
-        self, call: Call, response: Response | None, why: str, reason: str | None
-    ) -> None:
-        self._respond(call.server_tx, call.server_tx.request, 487)
-
-    def _reply_500(
-        self, call: Call, response: Response | None, why: str, reason: str | None
-    ) -> None:
-        self._respond(call.server_tx, call.server_tx.request, 500, why)
-
-    def _reply_503(
-        self, call: Call, response: Response | None, why: str, reason: str | None
-    ) -> None:
-        self._respond(call.server_tx, call.server_tx.request, 503, "Next hop unreachable")
+        """The proxy's own final answer upstream (REPLY_408 ... REPLY_503:
+        RFC 3261 §16.7 step 6, §16.8, §9.2); a 500 carries the event's text,
+        a 503 says the next hop failed."""
+        phrase = why if status == 500 else _UNREACHABLE if status == 503 else None
+        self._respond(call.server_tx, call.server_tx.request, status, phrase)
 
     def _bye_both_sides(
         self, call: Call, response: Response | None, why: str, reason: str | None
@@ -1016,32 +962,7 @@ class CallRouter:
         §15.1.1, with a Reason, RFC 3326)."""
         logger.debug("call %s: %s, sending BYE to both sides", call.call_id, why)
         assert call.invite_hop is not None
-        caller_hop = call.pbx if call.direction == "outbound" else call.carrier_side
-        legs = (
-            (
-                call.callee_contact,
-                call.caller_from,
-                call.callee_to,
-                call.caller_cseq,
-                call.invite_hop,
-            ),
-            (call.caller_contact, call.callee_to, call.caller_from, call.callee_cseq, caller_hop),
-        )
-        for target, from_, to, cseq, hop in legs:
-            if target is None or hop is None:
-                continue
-            bye = Request("BYE", target)
-            for name, value in (
-                ("From", from_),
-                ("To", to),
-                ("Call-ID", call.call_id),
-                ("CSeq", f"{cseq + 1} BYE"),
-                ("Max-Forwards", "70"),
-                ("Reason", f'SIP;cause=200;text="{why}"'),
-                ("Content-Length", "0"),
-            ):
-                bye.headers.add(name, value)
-            bye.push_via(self._via(bye, hop.transport))
+        for bye, hop in byes_of(call, why, self.own):
             try:
                 _, actions = self.layer.send_request(
                     bye, hop, self.io.now(), reliable=hop.transport == "TCP"
@@ -1133,19 +1054,8 @@ class CallRouter:
         if self.records is None or call.started_at is None:
             return
         try:
-            entry = CallRecordEntry(
-                record_key=call.record_key,
-                profile_id=call.profile.id,
-                call_id=call.call_id,
-                direction=call.direction,
-                caller=call.caller,
-                callee=call.callee,
-                started_at=call.started_at,
-                answered_at=call.answered_at,
-                ended_at=self.wall_clock(),
-                duration_ms=duration,
-                final_status=status,
-                cost=cost,
+            entry = call.record(
+                ended_at=self.wall_clock(), duration_ms=duration, status=status, cost=cost
             )
         except ValueError as error:  # never lose the call over a bad field
             logger.error("call %s: no record: %s", call.call_id, error)
@@ -1153,25 +1063,6 @@ class CallRouter:
         self.records.submit(entry)
 
     # -- helpers -------------------------------------------------------------------
-    def _host_port(self) -> str:
-        host, port = self.advertised
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def _record_route_uri(self) -> str:
-        return f"sip:{self._host_port()};lr"
-
-    def _via(self, request: Request, transport: str) -> Via:
-        unique = f"{self._instance}{next(self._unique):x}"
-        host, port = self.advertised
-        return Via(transport, host, port, {"branch": make_branch(request, unique), "rport": None})
-
-    def _is_own_uri(self, uri: URI) -> bool:
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        return (uri.host.lower().strip("[]"), port) in self._own
-
-    def _is_own_via(self, via: Via) -> bool:
-        return (via.host.lower().strip("[]"), via.port or 5060) in self._own
-
     def _reply(
         self,
         request: Request,

@@ -131,9 +131,15 @@ def test_the_rows_per_state_are_the_table() -> None:
     assert {(s, e) for s, rows in ROWS.items() for e in rows} == set(TRANSITIONS)
 
 
-def test_every_effect_is_a_method_of_the_router() -> None:
-    for effect in CallEffect:
-        assert callable(getattr(CallRouter, f"_{effect.name.lower()}", None)), effect
+def test_every_effect_is_carried_out_by_the_router() -> None:
+    """Each effect is the method of its name, but the final answers: one
+    method with the status in the effect's name."""
+    effects = Gateway().router._effects
+    assert set(effects) == set(CallEffect)
+    for effect, method in effects.items():
+        assert callable(method), effect
+        if not effect.name.startswith("REPLY_"):
+            assert getattr(method, "__name__", None) == f"_{effect.name.lower()}", effect
 
 
 # -- the bug path: an event with no row ----------------------------------------------
