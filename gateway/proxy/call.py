@@ -330,6 +330,8 @@ _ROWS: dict[CallState, dict[CallEvent, _Row]] = {
         _E.TIMEOUT: _row(_S.TERMINATED, _F.REPLY_408),
         _E.TRANSPORT_ERROR: _row(_S.TERMINATED, _F.REPLY_503),
         _E.CANCEL: _row(None, _F.CANCEL_DOWNSTREAM),
+        # The callee never ended the INVITE: Timer C still runs (§16.8).
+        _E.TIMER_C: _row(_S.TERMINATED, _F.CANCEL_DOWNSTREAM, _F.REPLY_408),
         _E.SESSION_REFRESH: _row(None),
     },
     _S.TERMINATED: {

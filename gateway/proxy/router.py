@@ -411,6 +411,11 @@ class CallRouter:
             reason = transition.reason
         for effect in transition.effects:
             self._effects[effect](call, response, why, reason)
+        if transition.target is CallState.TERMINATED and call.timer_c is not None:
+            # Timer C watches the branch until the INVITE is over, which may
+            # be after the call ended early (RFC 3261 §16.8).
+            call.timer_c.cancel()
+            call.timer_c = None
         if transition.finishes:
             assert reason is not None, f"{call.state} entered without a reason"
             self._finish(call, reason)
@@ -997,9 +1002,6 @@ class CallRouter:
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
-        if call.timer_c is not None:
-            call.timer_c.cancel()
-            call.timer_c = None
         if call.session_timer is not None:
             call.session_timer.cancel()
             call.session_timer = None

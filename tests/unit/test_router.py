@@ -1057,3 +1057,26 @@ def test_the_fake_clock_fires_timers_in_time_order(when: float) -> None:
     io.advance(0.1)
     assert fired == [("early", start + when + 1), ("late", start + when + 2)]
     assert io.pending_timers() == []
+
+
+def test_an_early_bye_the_callee_never_ends_its_invite_for_leaves_nothing_behind() -> None:
+    """The caller hangs up with BYE in the early dialog (RFC 3261 §15): the
+    channel goes at once.  If the callee then never sends the INVITE's
+    final answer, Timer C still watches the branch (§16.8): CANCEL, the
+    caller's 408, and the client transaction given up (§9.1)."""
+    gw = Gateway()
+    gw.ringing_call("early-bye")
+    (ringing,) = gw.io.responses(180, to=PBX, call_id="early-bye")
+    to = ringing.headers.get("to")
+    assert to is not None
+    gw.deliver(from_pbx("BYE", "early-bye", to, 2), PBX)
+    assert gw.channels() == {}
+    assert gw.observed.releases == [("pbx", "bye")]
+    bye = gw.io.last("BYE", to=CARRIER, call_id="early-bye")
+    gw.deliver(answer(bye, 200), CARRIER)
+    gw.io.advance(SETTINGS.timer_c + 0.01)
+    assert gw.io.requests("CANCEL", to=CARRIER)
+    assert gw.io.statuses(to=PBX, call_id="early-bye")[-1] == 408
+    gw.io.advance(SIXTY_FOUR_T1)
+    assert gw.observed.releases == [("pbx", "bye")]  # released once
+    gw.assert_idle()
