@@ -415,6 +415,17 @@ class TransportLayer:
         logger.info("SIP listening on %s (UDP and TCP)", bound)
         return bound
 
+    def attach_datagram(self, transport: asyncio.DatagramTransport) -> asyncio.DatagramProtocol:
+        """Serve UDP over a datagram transport made elsewhere (an in-process
+        benchmark's fake socket, ``loadtests/bench_calls.py``): its
+        ``sockname`` is the listener's address, and what arrives on it is
+        given to the returned protocol's ``datagram_received``.  UDP only,
+        so it is not one of :attr:`listeners` (which serve TCP too)."""
+        endpoint = _DatagramEndpoint(self)
+        endpoint.connection_made(transport)
+        self._endpoints.append(endpoint)
+        return endpoint
+
     @staticmethod
     def _bind_pair(
         family: socket.AddressFamily, host: str, port: int
