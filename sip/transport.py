@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -158,7 +159,11 @@ def _strip_brackets(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address, or None for a name.  Cached: the same few
+    peers' addresses are read on every message (a name or a forged Via host
+    only costs its entry, bounded)."""
     try:
         return ipaddress.ip_address(_strip_brackets(host).split("%", 1)[0])
     except ValueError:

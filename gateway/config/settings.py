@@ -10,6 +10,7 @@ from deep inside the SIP stack.  Unknown keys are errors too: a misspelt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import re
@@ -239,10 +240,12 @@ def parse_advertise(text: object, key: str) -> AdvertisedAddress | None:
     return AdvertisedAddress(host, int(port_text))
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_ip(text: str) -> str | None:
     """The normalised text of an IP address, or None.  An IPv4-mapped IPv6
     address (a dual-stack socket's view of an IPv4 peer) becomes the IPv4
-    address, so that one peer has one spelling."""
+    address, so that one peer has one spelling.  Cached: the call path asks
+    it for the same few peers on every request (bounded)."""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
