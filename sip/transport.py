@@ -587,7 +587,9 @@ class TransportLayer:
         self.send_response(response, source)
 
     # -- sending ----------------------------------------------------------
-    def send_response(self, response: Response, source: Source | None = None) -> None:
+    def send_response(
+        self, response: Response, source: Source | None = None, *, data: bytes | None = None
+    ) -> None:
         """Send a response where RFC 3261 §18.2.2 and RFC 3581 §4 say.
 
         ``source`` is the :class:`Source` of the request.  A request that
@@ -595,15 +597,17 @@ class TransportLayer:
         else on a new connection to ``received`` (or sent-by) at the sent-by
         port.  Over UDP the response goes to ``maddr`` if present, else to
         ``received`` at ``rport`` (or the sent-by port, default 5060), from
-        the socket the request arrived on.  Never raises: failures are
-        counted.
+        the socket the request arrived on.  ``data`` is the response's
+        bytes if the caller has them (a transaction's Transmit).  Never
+        raises: failures are counted.
         """
         try:
             via = response.top_via
         except ParseError:
             self.stats.dropped_unroutable += 1
             return
-        data = response.to_bytes()
+        if data is None:
+            data = response.to_bytes()
         transport = source.transport if source is not None else via.transport.upper()
         if transport == "TCP":
             if source is not None:
@@ -656,6 +660,15 @@ class TransportLayer:
         conn = await self._connection_to(host, port)
         if not self._write(conn, data):
             raise OSError(errno.ECONNRESET, f"connection to {host}:{port} is closed")
+
+    def send_datagram_now(self, data: bytes, host: str, port: int) -> bool | None:
+        """Send ``data`` over UDP at once if ``host`` is an address: True if
+        it went, False if it could not (counted; :meth:`send` would have
+        raised).  None if ``host`` is a name: :meth:`send` must resolve it."""
+        host = _strip_brackets(host)
+        if _ip(host) is None:
+            return None
+        return self._send_datagram(data, host, port, None)
 
     def _write(self, conn: _StreamConnection, data: bytes) -> bool:
         if conn.write(data):

@@ -184,13 +184,19 @@ class CallIO(Protocol):
 
     def now(self) -> float: ...
 
-    def send_response(self, response: Response, source: object) -> None:
-        """Route a response per RFC 3261 §18.2.2 (``source``: the request's)."""
+    def send_response(self, response: Response, source: object, data: bytes | None = None) -> None:
+        """Route a response per RFC 3261 §18.2.2 (``source``: the request's;
+        ``data``: its bytes if already serialised, as a Transmit has them)."""
 
     def send_request(
-        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+        self,
+        message: Message,
+        hop: Hop,
+        transaction: ClientTransaction | None,
+        data: bytes | None = None,
     ) -> None:
-        """Send a request; a failure is reported to the transaction layer."""
+        """Send a request (``data``: its bytes if already serialised); a
+        failure is reported to the transaction layer."""
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Any:
         """Arm a timer; the result has ``cancel()``."""
@@ -351,13 +357,14 @@ class CallRouter:
         for action in actions:
             if isinstance(action, Transmit):
                 tx = action.transaction
+                # The bytes the transaction serialised once (DESIGN.md).
                 if isinstance(tx, ServerTransaction):
                     assert isinstance(action.message, Response)
-                    self.io.send_response(action.message, action.destination)
+                    self.io.send_response(action.message, action.destination, action.data)
                 else:
                     assert isinstance(action.destination, Hop)
                     assert isinstance(tx, ClientTransaction)
-                    self.io.send_request(action.message, action.destination, tx)
+                    self.io.send_request(action.message, action.destination, tx, action.data)
             elif isinstance(action, DeliverRequest):
                 self._on_request(action.transaction, action.request)
             elif isinstance(action, DeliverResponse):

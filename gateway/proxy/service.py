@@ -107,15 +107,38 @@ class SIPService:
     def now(self) -> float:
         return self._loop.time()
 
-    def send_response(self, response: Response, source: object) -> None:
+    def send_response(self, response: Response, source: object, data: bytes | None = None) -> None:
         if self.metrics is not None:
             self.metrics.response_sent(response.status)
-        self.transport.send_response(response, source if isinstance(source, Source) else None)
+        self.transport.send_response(
+            response, source if isinstance(source, Source) else None, data=data
+        )
 
     def send_request(
-        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+        self,
+        message: Message,
+        hop: Hop,
+        transaction: ClientTransaction | None,
+        data: bytes | None = None,
     ) -> None:
+        """UDP to an address goes out at once (DESIGN.md: no task per
+        datagram); a name to resolve or a TCP connection waits in a task."""
+        if hop.transport == "UDP":
+            if data is None:
+                data = message.to_bytes()
+            sent = self.transport.send_datagram_now(data, hop.host, hop.port)
+            if sent is not None:
+                if not sent and transaction is not None:
+                    # Reported from the loop, not from inside the router's
+                    # own run that is sending (as the task did).
+                    self._loop.call_soon(self._transport_error, transaction)
+                return
         self.spawn(self._send(message, hop, transaction))
+
+    def _transport_error(self, transaction: ClientTransaction) -> None:
+        if self.router is not None:
+            self.router.run(self.layer.transport_error(transaction, self.now()))
+        self._rearm()
 
     async def _send(
         self, message: Message, hop: Hop, transaction: ClientTransaction | None
@@ -124,8 +147,8 @@ class SIPService:
             await self.transport.send(message, hop.transport, hop.host, hop.port)
         except OSError as error:
             logger.debug("cannot send to %s: %s", hop, error)
-            if transaction is not None and self.router is not None:
-                self.router.run(self.layer.transport_error(transaction, self.now()))
+            if transaction is not None:
+                self._transport_error(transaction)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
         def fire() -> None:

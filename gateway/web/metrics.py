@@ -283,13 +283,26 @@ class Metrics:
             r.register(_RouterCollector(router))
         #: Per profile id: what is reported, under the directory's names.
         self._counts: dict[int, _ProfileCounts] = {}
+        # The labelled children the SIP path increments, found once each
+        # (labels() builds a tuple and takes a lock on every call).
+        self._by_method: dict[str, Counter] = {}
+        self._by_status: dict[int, Counter] = {}
 
     # -- the router's observer -------------------------------------------------
     def request_received(self, method: str) -> None:
-        self.requests.labels(method if method in KNOWN_METHODS else "other").inc()
+        child = self._by_method.get(method)
+        if child is None:
+            label = method if method in KNOWN_METHODS else "other"
+            child = self.requests.labels(label)
+            if label != "other":  # only known methods: the dict stays bounded
+                self._by_method[method] = child
+        child.inc()
 
     def response_sent(self, status: int) -> None:
-        self.responses.labels(str(status)).inc()
+        child = self._by_status.get(status)
+        if child is None:  # at most 600 codes (100-699)
+            child = self._by_status[status] = self.responses.labels(str(status))
+        child.inc()
 
     def admission(self, profile: ProfileEntry, result: str) -> None:
         self._of(profile.id).admissions.add(result)

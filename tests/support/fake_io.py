@@ -120,11 +120,15 @@ class FakeIO:
         """The wall clock that goes with the manual clock (``wall_clock=``)."""
         return EPOCH + timedelta(seconds=self.clock)
 
-    def send_response(self, response: Response, source: object) -> None:
+    def send_response(self, response: Response, source: object, data: bytes | None = None) -> None:
         self._record(response, source)
 
     def send_request(
-        self, message: Message, hop: Any, transaction: ClientTransaction | None
+        self,
+        message: Message,
+        hop: Any,
+        transaction: ClientTransaction | None,
+        data: bytes | None = None,
     ) -> None:
         self._record(message, hop)
         if (hop.host, hop.port) in self.unreachable and transaction is not None:
