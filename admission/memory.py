@@ -30,7 +30,8 @@ __all__ = ["MemoryAdmission"]
 
 
 class MemoryAdmission:
-    """Channel counts in this process's memory (an :class:`AdmissionController`)."""
+    """Channel counts in this process's memory (an :class:`AdmissionController`
+    that is also an :class:`ImmediateAdmission`)."""
 
     __slots__ = ("_closed", "_holders", "_in_use")
 
@@ -43,7 +44,15 @@ class MemoryAdmission:
         self._closed = False
 
     async def acquire(self, profile_id: int, call_id: str, limit: int) -> AdmissionResult:
-        """Take a channel if the profile is under its (clamped) limit.
+        """Take a channel if the profile is under its (clamped) limit."""
+        return self.acquire_now(profile_id, call_id, limit)
+
+    async def release(self, call_id: str) -> bool:
+        """Free the channel ``call_id`` holds; ``False`` if it holds none."""
+        return self.release_now(call_id)
+
+    def acquire_now(self, profile_id: int, call_id: str, limit: int) -> AdmissionResult:
+        """:meth:`acquire` as a plain call (:class:`ImmediateAdmission`).
 
         Everything from the first read to the last write below runs without
         an ``await``, so no other coroutine can observe or change the counts
@@ -67,12 +76,10 @@ class MemoryAdmission:
         self._in_use[profile_id] = used + 1
         return Admitted(profile_id=profile_id, call_id=call_id, in_use=used + 1)
 
-    async def release(self, call_id: str) -> bool:
-        """Free the channel ``call_id`` holds; ``False`` if it holds none.
-
-        Idempotent, so every path that ends a call (BYE, CANCEL, failure
-        response, timeout) may release without knowing whether another did.
-        """
+    def release_now(self, call_id: str) -> bool:
+        """:meth:`release` as a plain call.  Idempotent, so every path that
+        ends a call (BYE, CANCEL, failure response, timeout) may release
+        without knowing whether another did."""
         profile_id = self._holders.pop(call_id, None)
         if profile_id is None:
             return False

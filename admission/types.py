@@ -25,6 +25,7 @@ __all__ = [
     "AdmissionController",
     "AdmissionResult",
     "Admitted",
+    "ImmediateAdmission",
     "RejectReason",
     "Rejected",
     "clamp_limit",
@@ -144,4 +145,20 @@ class AdmissionController(Protocol):
 
     async def close(self) -> None:
         """Release the backend's resources."""
+        ...
+
+
+@runtime_checkable
+class ImmediateAdmission(Protocol):
+    """A backend that answers without waiting (in this process's memory):
+    the same decisions as ``acquire`` and ``release``, as plain calls, so
+    that the call path takes and frees a channel without a task per call
+    (DESIGN.md: nothing spawned per message when nothing has to wait)."""
+
+    def acquire_now(self, profile_id: int, call_id: str, limit: int) -> AdmissionResult:
+        """``acquire``, answered at once."""
+        ...
+
+    def release_now(self, call_id: str) -> bool:
+        """``release``, at once."""
         ...

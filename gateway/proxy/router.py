@@ -42,7 +42,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from admission import AdmissionController, Admitted, RejectReason
+from admission import (
+    AdmissionController,
+    AdmissionResult,
+    Admitted,
+    ImmediateAdmission,
+    RejectReason,
+)
 from gateway.billing.cdr import CallRecordEntry
 from gateway.billing.credit import CreditMeter, CreditShare, elapsed_ms, longest_prefix_rate
 from gateway.billing.guard import CreditGuard
@@ -258,6 +264,8 @@ class CallRouter:
         self.io = io
         self.directory = directory
         self.admission = admission
+        #: The same backend when it answers at once (in memory), else None.
+        self._immediate = admission if isinstance(admission, ImmediateAdmission) else None
         self.registrar = registrar
         self.digest = digest
         self.carrier = carrier
@@ -633,21 +641,40 @@ class CallRouter:
         # merged INVITE or a CANCEL arriving meanwhile finds it.
         self.calls[call.call_id] = call
         self._by_server_tx[tx] = call
-        self.io.spawn(self._admit(call))
+        if not self._priced(call):
+            return
+        immediate = self._immediate
+        if immediate is not None:
+            # In-process admission answers at once: no task per call.
+            profile = call.profile
+            self._admitted(
+                call, immediate.acquire_now(profile.id, call.call_id, profile.channel_limit)
+            )
+        else:
+            self.io.spawn(self._admit(call))
 
-    async def _admit(self, call: Call) -> None:
+    def _priced(self, call: Call) -> bool:
+        """Credit is checked before a channel is taken (issue 5): an
+        outbound call needs a rate for its destination (else 403) and
+        credit left (else 402)."""
         if call.direction == "outbound" and self.credit.charging:
-            # Credit is checked before a channel is taken (issue 5: 402).
             call.price = longest_prefix_rate(self.directory.rates, call.callee)
             if call.price is None:
                 self._refuse(call, "no_rate", 403, NO_RATE_TEXT)
-                return
+                return False
             if not self.credit.has_credit(call.profile.id):
                 self._refuse(call, "no_credit", 402, NO_CREDIT_TEXT)
-                return
-        result = await self.admission.acquire(
-            call.profile.id, call.call_id, call.profile.channel_limit
+                return False
+        return True
+
+    async def _admit(self, call: Call) -> None:
+        """Admission that waits (Redis)."""
+        profile = call.profile
+        self._admitted(
+            call, await self.admission.acquire(profile.id, call.call_id, profile.channel_limit)
         )
+
+    def _admitted(self, call: Call, result: AdmissionResult) -> None:
         if not isinstance(result, Admitted):
             if result.reason is not RejectReason.CHANNEL_LIMIT:
                 # The Call-ID already holds a channel for another profile
@@ -990,7 +1017,11 @@ class CallRouter:
         if note is not None:
             logger.debug("call %s: %s", call.call_id, note)
         self.observer.channel_released(call.profile, reason)
-        self.io.spawn(self._release_channel(call.call_id))
+        immediate = self._immediate
+        if immediate is not None:
+            immediate.release_now(call.call_id)
+        else:
+            self.io.spawn(self._release_channel(call.call_id))
 
     async def _release_channel(self, call_id: str) -> None:
         await self.admission.release(call_id)

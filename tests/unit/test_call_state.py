@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from admission import MemoryAdmission
+from admission import AdmissionResult, MemoryAdmission
 from gateway.config.settings import CarrierSettings
 from gateway.proxy.call import (
     ENDED,
@@ -166,13 +166,36 @@ class Observed:
         self.releases.append(str(reason))
 
 
+class WaitingAdmission:
+    """Memory admission seen only through its coroutines, as a networked
+    backend (Redis) is: the router must wait for its answer in a task."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryAdmission()
+
+    async def acquire(self, profile_id: int, call_id: str, limit: int) -> AdmissionResult:
+        return await self.memory.acquire(profile_id, call_id, limit)
+
+    async def release(self, call_id: str) -> bool:
+        return await self.memory.release(call_id)
+
+    async def in_use(self, profile_id: int) -> int:
+        return await self.memory.in_use(profile_id)
+
+    async def counts(self) -> dict[int, int]:
+        return await self.memory.counts()
+
+    async def close(self) -> None:
+        await self.memory.close()
+
+
 class Gateway:
     """A router on a manual clock with one IP profile, "pbx", and a carrier."""
 
-    def __init__(self) -> None:
+    def __init__(self, admission: MemoryAdmission | WaitingAdmission | None = None) -> None:
         self.layer = TransactionLayer(SIPSettings())
         self.io = FakeIO(self.layer)
-        self.admission = MemoryAdmission()
+        self.admission = admission if admission is not None else MemoryAdmission()
         self.observed = Observed()
         profile = ProfileEntry(
             id=1, account_id=1, name="pbx", auth_mode="ip", sip_username="ip-1", ha1={},
@@ -279,9 +302,10 @@ def test_an_unknown_transition_of_a_ringing_call_cancels_it(
 def test_an_unknown_transition_while_admitting_gives_the_channel_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Admission may still be acquiring the channel: the call is marked
-    cancelled, and admission gives the channel back when it answers."""
-    gw = Gateway()
+    """Admission that waits (Redis) may still be acquiring the channel: the
+    call is marked cancelled, and admission gives the channel back when it
+    answers."""
+    gw = Gateway(WaitingAdmission())
     # Fed by hand, not with FakeIO.deliver: the admission it queues must
     # not run yet.
     request = parse_datagram(gw.invite("bug-admitting").encode())
