@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -46,6 +47,24 @@ def serve_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+#: Allocations between two young-generation collections (CPython's default
+#: is 700): a call allocates thousands of short-lived objects, and each
+#: collection walks every object the young generations hold.
+GC_YOUNG_THRESHOLD = 100_000
+
+
+def _settle_garbage_collector() -> None:
+    """Once serving: what start-up built (modules, settings, the app, the
+    directory) lives as long as the process, so it is frozen out of the
+    cyclic collector's walks (``gc.freeze``), and the young generation is
+    collected every :data:`GC_YOUNG_THRESHOLD` allocations instead of 700.
+    Measured with the bench at 200 IP calls/s: about 10 % less CPU and the
+    setup p99 from 300-460 ms (collection pauses) to 30-60 ms."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 async def serve(settings: GatewaySettings) -> int:
     """Run until SIGINT/SIGTERM; return the exit status."""
     # Imported here: the management commands never need the SIP service and
@@ -79,6 +98,7 @@ async def serve(settings: GatewaySettings) -> int:
         await runner.app[NODE].set_http_address(host_port(str(bound[0]), bound[1]))
         sip = ", ".join(str(a) for a in runner.app[SIP_TRANSPORT].listeners)
         logger.info("sipgw %s serving SIP on %s, HTTP on %s", __version__, sip, http)
+        _settle_garbage_collector()
         await stop.wait()
         logger.info("shutting down")
     finally:
