@@ -275,6 +275,7 @@ class CallRecordWriter:
         self._spool_path = spool_path
         self._batch_size = batch_size
         self._flush_interval = flush_interval
+        self._insert_statement: Any = None  # built for the store's dialect at first use
         self._on_commit = on_commit
         self._attempt_timeout = attempt_timeout
         self._queue: deque[CallRecordEntry] = deque()
@@ -485,17 +486,17 @@ class CallRecordWriter:
         """Insert ``entries``, skipping record keys already in the table;
         the keys really inserted."""
         rows = [e.row() for e in entries]
-        key = _records.c.record_key
-        if self._store.dialect == "postgresql":
-            pg = (
-                postgresql.insert(_records)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=[key])
+        # One statement for any number of rows, given the rows as parameters
+        # (SQLAlchemy's "insertmanyvalues"): it is compiled once and cached,
+        # where .values(rows) built and compiled a new statement per batch.
+        statement = self._insert_statement
+        if statement is None:
+            key = _records.c.record_key
+            dialect = postgresql if self._store.dialect == "postgresql" else sqlite
+            statement = self._insert_statement = (
+                dialect.insert(_records).on_conflict_do_nothing(index_elements=[key]).returning(key)
             )
-            result = await session.execute(pg.returning(key))
-        else:
-            lite = sqlite.insert(_records).values(rows).on_conflict_do_nothing(index_elements=[key])
-            result = await session.execute(lite.returning(key))
+        result = await session.execute(statement, rows)
         return set(result.scalars())
 
     @staticmethod
