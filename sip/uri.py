@@ -68,6 +68,12 @@ class URI:
         return self.scheme in ("sip", "sips")
 
     @property
+    def port_or_default(self) -> int:
+        """The port, or the scheme's default: 5061 for ``sips``, else 5060
+        (RFC 3261 §19.1.2)."""
+        return self.port or (5061 if self.scheme == "sips" else 5060)
+
+    @property
     def host_key(self) -> str:
         """The host for comparisons: case-insensitive (RFC 3261 §19.1.4)."""
         return self.host.lower()

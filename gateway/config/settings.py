@@ -370,7 +370,7 @@ class CarrierSettings:
         hop = uri_address = None
         if self.uri is not None:
             host = self.uri.host.strip("[]")
-            port = self.uri.port or (5061 if self.uri.scheme == "sips" else 5060)
+            port = self.uri.port_or_default
             hop = (self.transport.upper(), host, port)
             uri_address = (_address_key(host), port)
         object.__setattr__(self, "_any_port", frozenset(any_port))

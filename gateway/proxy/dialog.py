@@ -56,8 +56,7 @@ def next_hop(request: Request, call: Call, carrier: CarrierSettings, own: OwnAdd
             request.uri = call.carrier_contact
         return call.carrier_side
     transport = (uri.param("transport") or "udp").upper()
-    uri_port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-    return Hop(transport, uri.host.strip("[]"), uri_port)
+    return Hop(transport, uri.host.strip("[]"), uri.port_or_default)
 
 
 def byes_of(call: Call, why: str, own: OwnAddress) -> list[tuple[Request, Hop]]:

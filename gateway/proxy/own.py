@@ -22,10 +22,6 @@ from sip.uri import URI
 __all__ = ["OwnAddress"]
 
 
-def _default_port(scheme: str) -> int:
-    return 5061 if scheme == "sips" else 5060
-
-
 class OwnAddress:
     """The advertised ``(host, port)`` and every address that reaches this
     gateway (its listeners, as configured and as bound)."""
@@ -64,8 +60,7 @@ class OwnAddress:
 
     def is_own_uri(self, uri: URI) -> bool:
         """Whether ``uri`` names this gateway (a Route to pop, §16.4)."""
-        port = uri.port or _default_port(uri.scheme)
-        return (uri.host.lower().strip("[]"), port) in self._own
+        return (uri.host.lower().strip("[]"), uri.port_or_default) in self._own
 
     def is_own_via(self, via: Via) -> bool:
         """Whether ``via`` is one of ours: a request carrying it loops (§16.3)."""

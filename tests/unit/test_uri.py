@@ -110,3 +110,10 @@ def test_replace_serialises_canonically() -> None:
 def test_uri_equivalence(a: str, b: str, same: bool) -> None:
     assert equivalent(parse_uri(a), parse_uri(b)) is same
     assert equivalent(parse_uri(b), parse_uri(a)) is same
+
+
+def test_port_or_default_is_the_schemes_default_when_absent() -> None:
+    """RFC 3261 §19.1.2: 5060 for sip, 5061 for sips; an explicit port wins."""
+    assert parse_uri("sip:gw.example.net").port_or_default == 5060
+    assert parse_uri("sips:gw.example.net").port_or_default == 5061
+    assert parse_uri("sips:gw.example.net:5070").port_or_default == 5070
