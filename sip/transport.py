@@ -640,19 +640,25 @@ class TransportLayer:
         else:
             self._send_datagram(data, host, port, local)
 
-    async def send(self, message: Message, transport: str, host: str, port: int) -> None:
+    async def send(
+        self, message: Message, transport: str, host: str, port: int, *, data: bytes | None = None
+    ) -> None:
         """Send a message to ``host:port`` as a client (RFC 3261 §18.1.1).
 
         UDP goes out of the listening socket of the destination's family, so
-        that the peer sees our listening port; TCP reuses an open connection
-        to that peer or opens one.  Raises :class:`OSError` if it cannot be
-        sent.
+        that the peer sees our listening port (at once to an address:
+        :meth:`send_datagram_now`); TCP reuses an open connection to that
+        peer or opens one.  ``data`` is the message's bytes if the caller
+        has them.  Raises :class:`OSError` if it cannot be sent.
         """
-        data = message.to_bytes()
+        if data is None:
+            data = message.to_bytes()
         host = _strip_brackets(host)
         if transport.upper() == "UDP":
-            address = host if _ip(host) is not None else await self._resolve(host, port)
-            if not self._send_datagram(data, address, port, None):
+            sent = self.send_datagram_now(data, host, port)
+            if sent is None:
+                sent = self._send_datagram(data, await self._resolve(host, port), port, None)
+            if not sent:
                 raise OSError(errno.ENETUNREACH, f"no UDP socket can reach {host}:{port}")
             return
         if transport.upper() != "TCP":

@@ -122,10 +122,11 @@ class SIPService:
         data: bytes | None = None,
     ) -> None:
         """UDP to an address goes out at once (DESIGN.md: no task per
-        datagram); a name to resolve or a TCP connection waits in a task."""
+        datagram); a name to resolve or a TCP connection waits in a task.
+        The bytes are serialised once, here if the caller had none."""
+        if data is None:
+            data = message.to_bytes()
         if hop.transport == "UDP":
-            if data is None:
-                data = message.to_bytes()
             sent = self.transport.send_datagram_now(data, hop.host, hop.port)
             if sent is not None:
                 if not sent and transaction is not None:
@@ -133,7 +134,7 @@ class SIPService:
                     # own run that is sending (as the task did).
                     self._loop.call_soon(self._transport_error, transaction)
                 return
-        self.spawn(self._send(message, hop, transaction))
+        self.spawn(self._send(message, hop, transaction, data))
 
     def _transport_error(self, transaction: ClientTransaction) -> None:
         if self.router is not None:
@@ -141,10 +142,10 @@ class SIPService:
         self._rearm()
 
     async def _send(
-        self, message: Message, hop: Hop, transaction: ClientTransaction | None
+        self, message: Message, hop: Hop, transaction: ClientTransaction | None, data: bytes
     ) -> None:
         try:
-            await self.transport.send(message, hop.transport, hop.host, hop.port)
+            await self.transport.send(message, hop.transport, hop.host, hop.port, data=data)
         except OSError as error:
             logger.debug("cannot send to %s: %s", hop, error)
             if transaction is not None:
