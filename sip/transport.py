@@ -40,6 +40,7 @@ from sip.errors import ParseError
 from sip.message import Message, Request, Response, build_response
 from sip.parser import FramingError, StreamParser, parse_datagram, salvage_request
 from sip.settings import SIPSettings
+from sip.uri import host_port
 
 __all__ = [
     "DEFAULT_PORT",
@@ -148,7 +149,7 @@ class Listener:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 from sip.errors import ParseError
 from sip.grammar import serialise_params
 
-__all__ = ["URI", "equivalent", "parse_uri"]
+__all__ = ["URI", "equivalent", "host_port", "parse_uri"]
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*):")
 # user = 1*( unreserved / escaped / user-unreserved ); password adds ":" is not allowed
@@ -44,6 +44,12 @@ _TEL_NUMBER = re.compile(
 _OPAQUE = re.compile(r"[!-~\x80-\U0010ffff]+\Z")  # any visible characters, no whitespace
 
 MAX_PORT = 65535
+
+
+def host_port(host: str, port: object) -> str:
+    """``host:port`` as written in URIs, Vias and messages: an IPv6
+    address in brackets (RFC 3261 §19.1.1, RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.manage import profiles
 from gateway.manage.paging import Page
 from gateway.store.models import AuthMode
+from sip.uri import host_port
 
 __all__ = [
     "NO_GATEWAY",
@@ -63,11 +64,6 @@ def listing(
         following = "" if page.next_offset is None else f"; next: --offset {page.next_offset}"
         text += f"\n{first}-{last} of {page.total}{following}"
     return document, text
-
-
-def host_port(host: str, port: object) -> str:
-    """``host:port``, an IPv6 address in brackets (RFC 3986 §3.2.2)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def profile_text(document: dict[str, Any]) -> str:

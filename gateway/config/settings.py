@@ -28,7 +28,7 @@ from sip.headers import MAX_DELTA_SECONDS
 from sip.session_timer import MIN_SE_FLOOR
 from sip.settings import SIPSettings
 from sip.transport import MAX_TCP_CONNECTIONS
-from sip.uri import URI, parse_uri
+from sip.uri import URI, host_port, parse_uri
 
 __all__ = [
     "ADMISSION_BACKENDS",
@@ -139,7 +139,7 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def parse_host_port(text: object, key: str) -> HostPort:
@@ -322,7 +322,7 @@ class CarrierSource(NamedTuple):
     def __str__(self) -> str:
         if self.port is None:
             return self.host
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

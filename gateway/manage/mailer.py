@@ -27,6 +27,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
 from gateway.config.settings import SMTPSettings
+from sip.uri import host_port
 
 __all__ = ["MailError", "Mailer", "SMTPMailer", "credentials_message"]
 
@@ -64,8 +65,7 @@ class SMTPMailer(Mailer):
     @property
     def server(self) -> str:
         """``host:port`` as shown in messages (IPv6 in brackets)."""
-        host, port = self.settings.host, self.settings.port
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(self.settings.host, self.settings.port)
 
     async def send(self, message: EmailMessage) -> None:
         """Deliver ``message`` to its ``To`` addresses, from its ``From``.
@@ -231,7 +231,7 @@ def credentials_message(
             "Keep this e-mail safe: it contains the password.",
         ]
     else:
-        pbx = _address(str(document["ip"]), document["port"])
+        pbx = host_port(str(document["ip"]), document["port"])
         lines += [
             f"The gateway accepts calls from your PBX at {pbx} (UDP).",
             "Over TCP the source port varies, so the IP address alone identifies it.",
@@ -263,7 +263,3 @@ _LABEL_WIDTH = len("Authentication: ")
 
 def _pair(label: str, value: str) -> str:
     return f"{label + ':':<{_LABEL_WIDTH}}{value}"
-
-
-def _address(host: str, port: object) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

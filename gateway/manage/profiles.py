@@ -67,6 +67,7 @@ from gateway.store.models import (
     utcnow,
 )
 from sip.digest import ha1
+from sip.uri import host_port
 
 __all__ = [
     "DIGEST_ALGORITHMS",
@@ -640,7 +641,7 @@ async def create_profile(
                     )
                 ).first()
                 if holder is not None:
-                    shown = _host_port(address, udp_port)
+                    shown = host_port(address, udp_port)
                     # Another account's profile is not named: its names are
                     # its own business (ConflictError says no more).
                     whose = f" by profile {holder.name!r}" if holder.account_id == owner.id else ""
@@ -1160,16 +1161,12 @@ async def list_numbers(
 # Presentation shared by the front ends
 
 
-def _host_port(host: str, port: object) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def delivered_to(view: ProfileView) -> str:
     """Where inbound calls to the profile's numbers go: the registered PBX,
     or an IP profile's IP:port."""
     if view.auth_mode is AuthMode.REGISTRATION or view.ip is None:
         return REGISTERED_PBX
-    return _host_port(view.ip, view.port)
+    return host_port(view.ip, view.port)
 
 
 def profile_document(

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from sip.headers import Address, Via
 from sip.message import Request
 from sip.proxy import make_branch
-from sip.uri import URI
+from sip.uri import URI, host_port
 
 __all__ = ["OwnAddress"]
 
@@ -34,7 +34,7 @@ class OwnAddress:
         self.advertised = advertised
         host, port = advertised
         #: ``host:port`` as it goes into a Warning, a Via or a URI.
-        self.host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.host_port = host_port(host, port)
         self._own = {(h.lower().strip("[]"), p) for h, p in own_addresses}
         self._own.add((host.lower().strip("[]"), port))
         self._instance = secrets.token_hex(3)

@@ -94,7 +94,7 @@ from sip.transaction import (
     TransportFailure,
 )
 from sip.transport import stateless_tag
-from sip.uri import URI, parse_uri
+from sip.uri import URI, host_port, parse_uri
 
 __all__ = [
     "Call",
@@ -1181,7 +1181,7 @@ def _source(message: Message) -> tuple[str, str]:
     if message.source is None:
         return "-", "-"
     transport, host, port = message.source[:3]
-    return transport, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return transport, host_port(host, port)
 
 
 def _debug_request(request: Request) -> None:
