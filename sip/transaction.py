@@ -40,6 +40,7 @@ from typing import ClassVar
 from sip.errors import SIPError
 from sip.headers import Field, Headers
 from sip.message import Message, Request, Response, build_response
+from sip.overload import OVERLOAD_RETRY_AFTER, OverloadControl, shed_class
 from sip.settings import SIPSettings
 
 __all__ = [
@@ -83,11 +84,6 @@ __all__ = [
 # its request and last response, a few KiB).  Past the bound new requests are
 # refused with 503 instead of growing without limit (RFC 3261 §21.5.4).
 MAX_TRANSACTIONS = 100_000
-
-# Retry-After (seconds) of the 503 sent when the table is full.  Overload is
-# usually a burst; a PBX that honours a short Retry-After backs off for a few
-# seconds instead of declaring the trunk dead for half a minute.
-OVERLOAD_RETRY_AFTER = 5
 
 # The timer heap keeps entries of timers that were re-armed or whose
 # transaction ended (lazy deletion).  It is rebuilt when stale entries
@@ -309,7 +305,8 @@ class StrayAck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Overload:
-    """The table is full: answer ``request`` statelessly with 503 and this
+    """The table is full, or the overload control sheds the request
+    (:mod:`sip.overload`): answer ``request`` statelessly with 503 and this
     Retry-After (RFC 3261 §21.5.4) instead of creating a transaction."""
 
     request: Request
@@ -1085,8 +1082,9 @@ def _request_client_key(request: Request) -> Hashable:
 class TransactionLayer:
     """The live transactions and the one timer that serves them all.
 
-    The transport calls :meth:`receive` for every parsed (and validated)
-    message, :meth:`transport_error` when a :class:`Transmit` fails, and
+    The transport calls :meth:`receive` for every parsed message (it
+    validates what it delivers), :meth:`transport_error` when a
+    :class:`Transmit` fails, and
     :meth:`timers` when :meth:`next_deadline` passes.  The TU calls
     :meth:`send_request` and :meth:`send_response`.  Transactions leave the
     table the moment they end (a :class:`Terminated` action says so).
@@ -1101,6 +1099,7 @@ class TransactionLayer:
         "_seq",
         "_servers",
         "_unreliable",
+        "overload",
         "settings",
     )
 
@@ -1110,6 +1109,7 @@ class TransactionLayer:
         *,
         max_transactions: int = MAX_TRANSACTIONS,
         retry_after: int = OVERLOAD_RETRY_AFTER,
+        overload: OverloadControl | None = None,
     ) -> None:
         if max_transactions <= 0:
             raise ValueError("max_transactions must be positive")
@@ -1118,6 +1118,8 @@ class TransactionLayer:
         self._reliable = TimerValues(self.settings, reliable=True)
         self._max = max_transactions
         self._retry_after = retry_after
+        #: Sheds new work past the server's capacity (None: only the bound).
+        self.overload = overload
         self._servers: dict[Hashable, ServerTransaction] = {}
         self._clients: dict[Hashable, ClientTransaction] = {}
         # (deadline, sequence, transaction); an entry is live only while its
@@ -1145,16 +1147,24 @@ class TransactionLayer:
 
         A request goes to its server transaction, or creates one (delivered
         to the TU with :class:`DeliverRequest`); an ACK that matches nothing
-        is a :class:`StrayAck`; past the bound a new request becomes
-        :class:`Overload`.  A response goes to its client transaction, or
-        becomes a :class:`StrayResponse`.  ``reliable`` (the request came over
-        TCP) is fixed for the server transaction it creates.  Raises
-        :class:`sip.errors.ParseError` if the message lacks what matching
-        needs; the transport should have validated it.
+        is a :class:`StrayAck`; past the bound, or shed by the overload
+        control, a new request becomes :class:`Overload`.  A response goes
+        to its client transaction, or becomes a :class:`StrayResponse`.
+        ``reliable`` (the request came over TCP) is fixed for the server
+        transaction it creates.
+
+        A request is validated (:meth:`Message.validate`) only once it is
+        known to be new: a retransmission is matched and absorbed on the
+        headers matching reads, and a shed request is answered before the
+        work (DESIGN.md: match before validating).  A :class:`StrayAck` is
+        not validated: the TU validates the one it forwards.  Raises
+        :class:`sip.errors.ParseError` if the message is malformed; no
+        transaction was created then.
         """
         if isinstance(message, Request):
             return self._receive_request(message, source, now, reliable)
         assert isinstance(message, Response)
+        message.validate()
         tx = self._clients.get(client_key(message))
         if tx is None:
             return [StrayResponse(response=message, source=source)]
@@ -1175,9 +1185,19 @@ class TransactionLayer:
             self._settle(tx)
             return out
         if method == "ACK":
+            # Not validated here: most are ACKs of stateless answers (a 503
+            # that shed load), which the TU drops on the Call-ID alone.
             return [StrayAck(request=request, source=source)]
+        overload = self.overload
         if len(self._servers) + len(self._clients) >= self._max:
+            if overload is not None:
+                overload.table_full += 1
             return [Overload(request=request, source=source, retry_after=self._retry_after)]
+        if overload is not None:
+            kind = shed_class(request)
+            if kind is not None and not overload.admits(kind):
+                return [Overload(request=request, source=source, retry_after=overload.retry_after)]
+        request.validate()
         timers = self._reliable if reliable else self._unreliable
         new: ServerTransaction
         if method == "INVITE":

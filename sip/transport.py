@@ -26,12 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import ipaddress
 import logging
 import secrets
 import socket
+import struct
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol, cast
@@ -81,6 +84,13 @@ PORT_ZERO_ATTEMPTS = 16
 
 
 _CRLF = b"\r\n"
+# Wall time spent handling what arrives (TransportLayer.busy), on the
+# clock of the kernel's receive timestamps (TransportLayer.queue_delay).
+_clock = time.time
+# socket(7): the receive timestamp of the last datagram read (struct
+# timeval); the first call on a socket turns timestamping on.
+_SIOCGSTAMP = 0x8906
+_TIMEVAL = struct.Struct("@ll")
 # Per-process key for stateless To tags: tags stay unguessable (RFC 3261
 # §19.3) while retransmissions of one request get the same tag (§8.2.7).
 _TAG_KEY = secrets.token_bytes(16)
@@ -231,6 +241,9 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] = ("", 0)
         self.family = socket.AF_INET
+        #: When the last datagram was read (``_clock``), and the socket.
+        self.read_at = 0.0
+        self._fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
@@ -240,9 +253,26 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.family = sock.family
+            self._fd = sock.fileno()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._layer._on_datagram(self, data, addr)
+        layer = self._layer
+        self.read_at = started = _clock()
+        layer._on_datagram(self, data, addr)
+        layer.busy += _clock() - started
+
+    def queue_delay(self, since: float) -> float:
+        """How long the last datagram read had waited in the socket's
+        receive buffer, if it was read at ``since`` or later (else 0, as
+        when unknown)."""
+        if self._fd < 0 or self.read_at < since:
+            return 0.0
+        try:
+            stamp = fcntl.ioctl(self._fd, _SIOCGSTAMP, bytes(_TIMEVAL.size))
+        except OSError:  # nothing read yet, or not Linux
+            return 0.0
+        seconds, micros = cast(tuple[int, int], _TIMEVAL.unpack(stamp))
+        return max(0.0, self.read_at - (seconds + micros / 1e6))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable, ...) of earlier sends; nothing to do.
@@ -282,8 +312,11 @@ class _StreamConnection(asyncio.Protocol):
         self._layer._on_connection_made(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self._layer.loop.time()
-        self._layer._on_stream_data(self, data)
+        layer = self._layer
+        started = _clock()
+        self.last_activity = layer.loop.time()
+        layer._on_stream_data(self, data)
+        layer.busy += _clock() - started
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -357,6 +390,9 @@ class TransportLayer:
         self.settings = settings if settings is not None else SIPSettings()
         self.max_connections = max_connections
         self.stats = TransportStats()
+        #: Seconds of wall time spent in handling received data (parsing and
+        #: everything the handler does): the overload control's occupancy.
+        self.busy = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Listener] = []
         self._endpoints: list[_DatagramEndpoint] = []
@@ -377,6 +413,13 @@ class TransportLayer:
     def listeners(self) -> list[Listener]:
         """The bound addresses, in the order they were added."""
         return list(self._listeners)
+
+    def queue_delay(self, since: float) -> float:
+        """The longest the last datagram read on a UDP socket at ``since``
+        (``time.time()``) or later had waited in its receive buffer (the
+        kernel's receive timestamp against the time it was read): the
+        backlog the loop had not reached yet."""
+        return max((endpoint.queue_delay(since) for endpoint in self._endpoints), default=0.0)
 
     @property
     def connection_count(self) -> int:

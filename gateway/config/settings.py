@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError
 
 from sip.errors import ParseError
 from sip.headers import MAX_DELTA_SECONDS
+from sip.overload import OverloadSettings
 from sip.session_timer import MIN_SE_FLOOR
 from sip.settings import SIPSettings
 from sip.transport import MAX_TCP_CONNECTIONS
@@ -93,6 +94,7 @@ MAX_CARRIER_SOURCES = 64
 MAX_BINDINGS_CEILING = 100
 
 _CORE_DEFAULTS = SIPSettings()
+_OVERLOAD_DEFAULTS = OverloadSettings()
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
@@ -272,8 +274,9 @@ _DEFAULT_HTTP_ADDRESS = parse_host_port(DEFAULT_HTTP_LISTEN, "http.listen")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SIPServerSettings:
-    """The ``[sip]`` section: where to listen, the digest realm, and the
-    SIP core's timers and limits (:class:`sip.settings.SIPSettings`)."""
+    """The ``[sip]`` section: where to listen, the digest realm, the SIP
+    core's timers and limits (:class:`sip.settings.SIPSettings`) and its
+    overload control (:class:`sip.overload.OverloadSettings`)."""
 
     listen: tuple[HostPort, ...] = (_DEFAULT_SIP_ADDRESS,)
     # None: the first listener with a concrete host (see gateway.config.advertise).
@@ -281,6 +284,7 @@ class SIPServerSettings:
     realm: str = DEFAULT_REALM
     max_tcp_connections: int = MAX_TCP_CONNECTIONS
     core: SIPSettings = field(default_factory=SIPSettings)
+    overload: OverloadSettings = field(default_factory=OverloadSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -716,7 +720,27 @@ _SIP_KEYS = (
     "max_headers",
     "max_line_length",
     "max_tcp_connections",
+    "overload_control",
+    "overload_target",
+    "overload_retry_after",
 )
+
+
+def _flag(section: Mapping[str, Any], name: str, default: bool, prefix: str) -> bool:
+    value = section.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{prefix}.{name}", f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _fraction(section: Mapping[str, Any], name: str, default: float, prefix: str) -> float:
+    key = f"{prefix}.{name}"
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"must be a number, got {_show(value)}")
+    if not 0 < value <= 1:
+        raise ConfigError(key, f"must be more than 0 and at most 1, got {value}")
+    return float(value)
 
 
 def _sip_section(data: Mapping[str, Any]) -> SIPServerSettings:
@@ -761,6 +785,13 @@ def _sip_section(data: Mapping[str, Any]) -> SIPServerSettings:
         realm=realm,
         max_tcp_connections=_count(section, "max_tcp_connections", MAX_TCP_CONNECTIONS, "sip"),
         core=core,
+        overload=OverloadSettings(
+            enabled=_flag(section, "overload_control", _OVERLOAD_DEFAULTS.enabled, "sip"),
+            target=_fraction(section, "overload_target", _OVERLOAD_DEFAULTS.target, "sip"),
+            retry_after=_count(
+                section, "overload_retry_after", _OVERLOAD_DEFAULTS.retry_after, "sip"
+            ),
+        ),
     )
 
 

@@ -136,6 +136,8 @@ SUPPORTED_OPTION_TAGS: frozenset[str] = frozenset()
 DEFAULT_MAX_CALL_DURATION = 4 * 3600.0
 #: Warning text of a 503 for a full profile (RFC 3261 §20.43, code 399: miscellaneous).
 CHANNEL_LIMIT_TEXT = "Channel limit reached"
+#: Warning text of a 503 that sheds load (sip.overload; RFC 3261 §20.43).
+OVERLOADED_TEXT = "Overloaded, retry later"
 #: Warning texts of outbound calls refused for money reasons.
 NO_CREDIT_TEXT = "No credit left"
 NO_RATE_TEXT = "No rate for this destination"
@@ -270,6 +272,7 @@ class CallRouter:
         self.digest = digest
         self.carrier = carrier
         self.own = OwnAddress(advertised, own_addresses)
+        self._overloaded_warning = f'399 {self.own.host_port} "{OVERLOADED_TEXT}"'
         self.stats = RouterStats()
         self.observer: RouterObserver = observer if observer is not None else _Unobserved()
         self.max_call_duration = max_call_duration
@@ -384,8 +387,15 @@ class CallRouter:
             elif isinstance(action, Terminated):
                 self._on_terminated(action.transaction)
             elif isinstance(action, Overload):
+                # Stateless (no transaction was created): a retransmission
+                # is refused again the same way.
                 response = self._reply(
-                    action.request, 503, extra=[("Retry-After", str(action.retry_after))]
+                    action.request,
+                    503,
+                    extra=[
+                        ("Retry-After", str(action.retry_after)),
+                        ("Warning", self._overloaded_warning),
+                    ],
                 )
                 if logger.isEnabledFor(logging.DEBUG):
                     _debug_response("out", response)
@@ -827,9 +837,13 @@ class CallRouter:
         statelessly along the route set (RFC 3261 §16.11, §13.2.2.4)."""
         if logger.isEnabledFor(logging.DEBUG):
             _debug_request(ack)
-        call = self.calls.get(ack.call_id)
-        if call is None:
-            return
+        try:
+            call = self.calls.get(ack.call_id)
+            if call is None:
+                return  # the ACK of a stateless answer, or of a call long gone
+            ack.validate()  # the transaction layer leaves stray ACKs to us
+        except ParseError:
+            return  # an ACK is never answered (RFC 3261 §17)
         self._fire(call, CallEvent.ACK)
         if ack.max_forwards == 0:
             return

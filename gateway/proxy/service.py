@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -24,10 +25,18 @@ from gateway.proxy.registrar import LocationService
 from gateway.proxy.router import CallRouter, Hop
 from sip.errors import ParseError
 from sip.message import Message, Request, Response, build_response
+from sip.overload import OverloadControl
 from sip.transaction import ClientTransaction, TransactionLayer
 from sip.transport import Source, TransportLayer, stateless_tag
 
-__all__ = ["Cancellable", "RegistrationExpiry", "SIPService", "Timers", "TrafficObserver"]
+__all__ = [
+    "Cancellable",
+    "LoadSampler",
+    "RegistrationExpiry",
+    "SIPService",
+    "Timers",
+    "TrafficObserver",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +83,27 @@ class SIPService:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The overload control's measurement, once :meth:`start_overload_control`.
+        self.load: LoadSampler | None = None
+
+    def start_overload_control(self) -> None:
+        """Measure the loop's occupancy for the layer's overload control
+        from now on (called when the calls start: what start-up does on
+        the loop is not load)."""
+        control = self.layer.overload
+        if control is not None and self.load is None:
+            self.load = LoadSampler(self.transport, control, self._loop)
 
     # -- from the transport -----------------------------------------------
     def on_message(self, message: Message, source: Source) -> None:
+        router = self.router
+        if router is None:
+            return
         try:
-            message.validate()
+            # Matched first, validated only when new (TransactionLayer.receive).
+            actions = self.layer.receive(
+                message, source, self._loop.time(), reliable=source.transport == "TCP"
+            )
         except ParseError as error:
             # RFC 3261 §8.2 / h11 habit: the error carries its answer.  A
             # response or an ACK is never answered (RFC 3261 §17).
@@ -88,20 +113,13 @@ class SIPService:
                 )
                 self.send_response(response, source)
             return
-        if self.metrics is not None and isinstance(message, Request):
-            self.metrics.request_received(message.method)
-        router = self.router
-        if router is None:
-            return
-        router.on_message(message, source, reliable=source.transport == "TCP")
+        method = message.method if isinstance(message, Request) else None
+        if method is not None and self.metrics is not None:
+            self.metrics.request_received(method)
+        router.run(actions)
         self._rearm()
-        registrations = self.registrations
-        if (
-            registrations is not None
-            and isinstance(message, Request)
-            and message.method == "REGISTER"
-        ):
-            registrations.rearm()
+        if method == "REGISTER" and self.registrations is not None:
+            self.registrations.rearm()
 
     # -- CallIO -----------------------------------------------------------------
     def now(self) -> float:
@@ -192,11 +210,64 @@ class SIPService:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.load is not None:
+            self.load.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class LoadSampler:
+    """The overload control's measurement (:mod:`sip.overload`): once per
+    period, the occupancy of the event loop's thread, the larger of
+
+    * the CPU time the thread used (``time.thread_time``: everything the
+      loop runs, timers and tasks included), and
+    * the wall time spent handling received data
+      (:attr:`TransportLayer.busy`), which also counts the time the thread
+      was ready but not running (the other processes on its cores, the GIL
+      held by a worker thread): work it could not do meanwhile all the same,
+
+    each over the period's wall time; and the queueing delay of what it
+    read last (:meth:`TransportLayer.queue_delay`): the backlog.  One timer.
+    """
+
+    __slots__ = ("_at", "_busy", "_control", "_cpu", "_handle", "_loop", "_transport")
+
+    def __init__(
+        self,
+        transport: TransportLayer,
+        control: OverloadControl,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._transport = transport
+        self._control = control
+        self._loop = loop
+        self._at = time.time()
+        self._cpu = time.thread_time()
+        self._busy = transport.busy
+        self._handle: asyncio.TimerHandle | None = loop.call_later(
+            control.settings.period, self._sample
+        )
+
+    def _sample(self) -> None:
+        transport = self._transport
+        at, cpu, busy = time.time(), time.thread_time(), transport.busy
+        elapsed = at - self._at
+        if elapsed > 0:
+            self._control.measure(
+                max(cpu - self._cpu, busy - self._busy) / elapsed,
+                transport.queue_delay(since=self._at),
+            )
+        self._at, self._cpu, self._busy = at, cpu, busy
+        self._handle = self._loop.call_later(self._control.settings.period, self._sample)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class RegistrationExpiry:

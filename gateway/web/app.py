@@ -55,6 +55,7 @@ from gateway.web.keys import (
 )
 from gateway.web.metrics import Metrics
 from sip.digest import DigestRealm
+from sip.overload import OverloadControl
 from sip.transaction import TransactionLayer
 from sip.transport import TransportLayer
 
@@ -130,7 +131,8 @@ async def sip_service_ctx(app: web.Application) -> AsyncIterator[None]:
     send tasks stop."""
     sip = app[SETTINGS].sip
     transport = TransportLayer(settings=sip.core, max_connections=sip.max_tcp_connections)
-    layer = TransactionLayer(sip.core)
+    overload = OverloadControl(sip.overload)
+    layer = TransactionLayer(sip.core, overload=overload)
     # Read at scrape time: the router's current directory, live
     # registrations, the transport's and the router's counters.
     metrics = Metrics(
@@ -138,6 +140,7 @@ async def sip_service_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: app[ROUTER].registrar.counts(service.now()),
         transport=lambda: transport.stats,
         router=lambda: app[ROUTER].stats,
+        overload=overload,
     )
     service = SIPService(transport, layer, metrics)
     app[SIP_TRANSPORT] = transport
@@ -294,10 +297,11 @@ async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the calls.  From here the transport hands every message
-    to the service.  At the end every live call is ended (BYE, CANCEL) and
-    the requests get :data:`SHUTDOWN_GRACE` to leave before anything else
-    closes."""
+    to the service, whose overload control measures the load.  At the end
+    every live call is ended (BYE, CANCEL) and the requests get
+    :data:`SHUTDOWN_GRACE` to leave before anything else closes."""
     app[SIP_TRANSPORT].handler = app[SIP_SERVICE]
+    app[SIP_SERVICE].start_overload_control()
     yield
     ended = app[ROUTER].end_all_calls()
     if ended:

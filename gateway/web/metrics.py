@@ -14,7 +14,8 @@ Two kinds, in the client_python style (docs/content/collector/custom.md):
   (:class:`sip.transport.TransportStats`: messages in and out, keep-alives,
   TCP connections, what was dropped and why) at scrape time, so the
   transport keeps counting in plain ints; one reads the router's
-  (:class:`gateway.proxy.router.RouterStats`) likewise.
+  (:class:`gateway.proxy.router.RouterStats`) likewise, and one the
+  overload control's (:class:`sip.overload.OverloadControl`).
 
 Label values stay bounded: account and profile names (one pair per
 profile: names are unique within an account only), SIP methods
@@ -35,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from gateway.proxy.directory import Directory, ProfileEntry
 from gateway.proxy.router import ReleaseReason, RouterStats
+from sip.overload import OverloadControl
 from sip.transport import TransportStats
 
 __all__ = ["ADMISSION_RESULTS", "DROP_REASONS", "KNOWN_METHODS", "Metrics"]
@@ -170,6 +172,55 @@ class _RouterCollector(Collector):
         yield family
 
 
+class _OverloadCollector(Collector):
+    """The overload control's state and sheds (:class:`OverloadControl`),
+    read at scrape time."""
+
+    def __init__(self, control: OverloadControl) -> None:
+        self._control = control
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily
+    ]:
+        return (
+            GaugeMetricFamily(
+                "sipgw_overload_occupancy",
+                "Share of the last period the SIP loop spent working (0-1).",
+            ),
+            GaugeMetricFamily(
+                "sipgw_overload_queue_delay_seconds",
+                "How long the last datagram read had waited in its socket's buffer.",
+            ),
+            GaugeMetricFamily(
+                "sipgw_overload_accept_ratio",
+                "Share of new INVITEs taken (1: nothing is shed).",
+            ),
+            CounterMetricFamily(
+                "sipgw_overload_shed",
+                "New requests answered 503 with Retry-After to shed load, by class.",
+                labels=["class"],
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        control = self._control
+        occupancy, delay, accept, shed = self._families()
+        occupancy.add_metric([], control.occupancy)
+        delay.add_metric([], control.delay)
+        accept.add_metric([], control.accept)
+        for kind, count in control.shed.items():
+            shed.add_metric([kind.name.lower()], count)
+        shed.add_metric(["table_full"], control.table_full)
+        yield occupancy
+        yield delay
+        yield accept
+        yield shed
+
+
 class _Tally:
     """One profile's counts of one counter, by label value (admission
     result, release reason), and when each value was first counted: the
@@ -252,6 +303,7 @@ class Metrics:
         registration_counts: Callable[[], dict[int, int]],
         transport: Callable[[], TransportStats] | None = None,
         router: Callable[[], RouterStats] | None = None,
+        overload: OverloadControl | None = None,
     ) -> None:
         self.directory = directory
         self.registration_counts = registration_counts
@@ -281,6 +333,8 @@ class Metrics:
             r.register(_TransportCollector(transport))
         if router is not None:
             r.register(_RouterCollector(router))
+        if overload is not None:
+            r.register(_OverloadCollector(overload))
         #: Per profile id: what is reported, under the directory's names.
         self._counts: dict[int, _ProfileCounts] = {}
         # The labelled children the SIP path increments, found once each

@@ -144,14 +144,14 @@ class FakeIO:
 
     # -- the network ---------------------------------------------------------
     def deliver(self, data: str | bytes, source: Source) -> Message:
-        """A datagram from ``source``: parsed, stamped and validated as the
-        transport and SIPService do, handed to the router; then whatever it
-        queued runs, and any timer already due fires."""
+        """A datagram from ``source``: parsed and stamped as the transport
+        does, handed to the router (whose transaction layer validates what is
+        new, as under SIPService; a ``ParseError`` propagates); then whatever
+        it queued runs, and any timer already due fires."""
         message = parse_datagram(data.encode() if isinstance(data, str) else data)
         message.source = (source.transport, source.host, source.port)
         if isinstance(message, Request):
             stamp_top_via(message, source.host, source.port)
-        message.validate()
         assert self.router is not None, "set FakeIO.router first"
         self.router.on_message(message, source, reliable=source.transport == "TCP")
         self.advance(0)

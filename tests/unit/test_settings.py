@@ -24,6 +24,7 @@ from gateway.config.settings import (
     parse_host_port,
     settings_from_mapping,
 )
+from sip.overload import OverloadSettings
 from sip.settings import SIPSettings
 from sip.transport import MAX_TCP_CONNECTIONS
 from sip.uri import parse_uri
@@ -45,6 +46,7 @@ def test_defaults() -> None:
     assert settings.sip.realm == "sipgw"
     assert settings.sip.core == SIPSettings()
     assert settings.sip.max_tcp_connections == MAX_TCP_CONNECTIONS
+    assert settings.sip.overload == OverloadSettings()
     assert settings.log.level == "info"
     assert settings.store == StoreSettings(
         database="sqlite+aiosqlite:///var/sipgw.sqlite3",
@@ -95,6 +97,9 @@ def test_shipped_config_names_every_key() -> None:
         "max_headers",
         "max_line_length",
         "max_tcp_connections",
+        "overload_control",
+        "overload_target",
+        "overload_retry_after",
     }
     assert set(data["http"]) == {"listen"}
     assert set(data["log"]) == {"level"}
@@ -140,6 +145,9 @@ max_message_size = 4096
 max_headers = 64
 max_line_length = 1024
 max_tcp_connections = 10
+overload_control = false
+overload_target = 0.75
+overload_retry_after = 12
 
 [http]
 listen = "[::1]:9090"
@@ -167,6 +175,8 @@ level = "DEBUG"
     assert (core.max_message_size, core.max_headers, core.max_line_length) == (4096, 64, 1024)
     assert core.timer_b == 64.0  # derived timers follow T1
     assert settings.sip.max_tcp_connections == 10
+    overload = settings.sip.overload
+    assert (overload.enabled, overload.target, overload.retry_after) == (False, 0.75, 12)
     assert settings.http.listen == HostPort("::1", 9090)
     assert settings.log.level == "debug"
 
@@ -257,6 +267,11 @@ def test_bad_host_port(text: str, problem: str) -> None:
         ("[sip]\nmax_headers = 1.5\n", "sip.max_headers", "integer"),
         ("[sip]\nmax_message_size = 0\n", "sip.max_message_size", "positive"),
         ("[sip]\nmax_tcp_connections = -3\n", "sip.max_tcp_connections", "positive"),
+        ("[sip]\noverload_target = 0\n", "sip.overload_target", "more than 0"),
+        ("[sip]\noverload_target = 1.5\n", "sip.overload_target", "at most 1"),
+        ('[sip]\noverload_target = "high"\n', "sip.overload_target", "a number"),
+        ("[sip]\noverload_retry_after = 0\n", "sip.overload_retry_after", "positive"),
+        ('[sip]\noverload_control = "yes"\n', "sip.overload_control", "true or false"),
         ('[sip]\nrealm = ""\n', "sip.realm", "printable ASCII"),
         ('[sip]\nrealm = "a\\"b"\n', "sip.realm", "quotes"),
         ("[sip]\nrealm = 5\n", "sip.realm", "printable ASCII"),

@@ -10,7 +10,9 @@ from collections.abc import Iterable
 
 import pytest
 
+from sip.errors import ParseError
 from sip.message import Request, Response, build_response
+from sip.overload import OverloadControl
 from sip.parser import parse_datagram
 from sip.settings import SIPSettings
 from sip.transaction import (
@@ -706,12 +708,14 @@ def test_stray_response() -> None:
 
 def test_bound_on_live_transactions() -> None:
     assert MAX_TRANSACTIONS > 0 and OVERLOAD_RETRY_AFTER > 0
-    layer = TransactionLayer(max_transactions=2)
+    control = OverloadControl()
+    layer = TransactionLayer(max_transactions=2, overload=control)
     tx, _ = new_server(layer, req("OPTIONS", branch="z9hG4bK1"))
     new_server(layer, req("OPTIONS", branch="z9hG4bK2"))
     actions = layer.receive(req("OPTIONS", branch="z9hG4bK3"), PBX, 0.0)
     assert len(actions) == 1 and isinstance(actions[0], Overload)
     assert actions[0].retry_after == OVERLOAD_RETRY_AFTER and actions[0].source == PBX
+    assert control.table_full == 1, "counted for the metrics"
     assert len(layer) == 2
     # Known transactions still work, and a stray ACK is still a stray ACK.
     assert layer.receive(req("OPTIONS", branch="z9hG4bK1"), PBX, 0.1) == []
@@ -722,6 +726,27 @@ def test_bound_on_live_transactions() -> None:
     assert kinds(layer.receive(req("OPTIONS", branch="z9hG4bK3"), PBX, 100.0)) == ["DeliverRequest"]
     with pytest.raises(ValueError):
         TransactionLayer(max_transactions=0)
+
+
+def test_a_retransmission_is_matched_before_it_is_validated() -> None:
+    """DESIGN.md: a retransmission is absorbed on what matching reads; only
+    a new request is validated (and refused before a transaction exists)."""
+    layer = TransactionLayer()
+    tx, _ = new_server(layer, req("INVITE", branch="z9hG4bKfirst"))
+    layer.send_response(tx, build_response(tx.request, 100), 0.0)
+
+    first = req("INVITE", branch="z9hG4bKfirst").to_bytes()
+    bad = b"Expires: soon\r\nContent-Length"  # validate() refuses it: 400 Bad Expires
+    again = parse_datagram(first.replace(b"Content-Length", bad))
+    assert isinstance(again, Request)
+    actions = layer.receive(again, PBX, 0.1)
+    assert kinds(actions) == ["Transmit"], "the retransmission gets the 100 again"
+    fresh = parse_datagram(
+        first.replace(b"z9hG4bKfirst", b"z9hG4bKnew").replace(b"Content-Length", bad)
+    )
+    with pytest.raises(ParseError, match="Expires"):
+        layer.receive(fresh, PBX, 0.2)
+    assert len(layer) == 1, "no transaction for the malformed request"
 
 
 def test_custom_timer_values() -> None:
