@@ -23,9 +23,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.harness import GatewayHome, ServedGateway, free_port, random_loopback_block
+from tests.e2e.test_burst_e2e import scrape
+from tests.support.harness import GatewayHome, free_port, random_loopback_block
 from tests.support.sipp import Sipp, SippLauncher, sipp_binary
 
 pytestmark = pytest.mark.sipp
@@ -38,15 +38,6 @@ FLOOD_RATE = 1_500  # calls per second
 FLOOD_CALLS = 6_000  # four seconds of it
 TIMEOUT = 60.0
 SETTLE = 10.0  # seconds for the gateway to stop shedding after the flood
-
-
-def scrape(gateway: ServedGateway, name: str, **labels: str) -> float:
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(gateway.metrics())
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def test_a_flood_is_shed_with_retry_after_and_the_calls_up_are_kept(
